@@ -1,0 +1,31 @@
+"""BERT-family encoders (BERT, RoBERTa, MiniLM) in Flax, Hugging Face checkpoint loading, and poolers.
+
+>>> from hnjax import models
+>>> model, params = models.from_pretrained("all-MiniLM-L6-v2")  # doctest: +SKIP
+>>> hidden = model.apply({"params": params}, input_ids, attention_mask)  # [B, L, D]  # doctest: +SKIP
+>>> vectors = models.poolers.mean(hidden, attention_mask)  # [B, D]  # doctest: +SKIP
+"""
+
+from hnjax.models import bert, loading, poolers
+from hnjax.models.bert import BertModel, EncoderConfig, init_params
+from hnjax.models.loading import (
+    from_pretrained,
+    init_cross_encoder_head,
+    load_pooler,
+    resolve_checkpoint,
+    save_pretrained,
+)
+
+__all__ = [
+    "BertModel",
+    "EncoderConfig",
+    "bert",
+    "from_pretrained",
+    "init_cross_encoder_head",
+    "init_params",
+    "load_pooler",
+    "loading",
+    "poolers",
+    "resolve_checkpoint",
+    "save_pretrained",
+]
