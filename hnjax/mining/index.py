@@ -373,7 +373,6 @@ class DeviceIndex(Index):
         return cfg
 
     def _build(self, vectors) -> None:
-        n = vectors.shape[0]
         x = jnp.asarray(vectors)
         if self.metric == "cosine":
             x32 = x.astype(jnp.float32)
@@ -381,6 +380,10 @@ class DeviceIndex(Index):
             if bool((norms == 0).any()):
                 raise ValueError(f"vectors: cosine metric needs non-zero vectors, row {int(jnp.argmin(norms))} is 0")
             x = (x32 / norms[:, None]).astype(x.dtype)
+        self._set_blocks(x)
+
+    def _set_blocks(self, x: jax.Array) -> None:
+        n = x.shape[0]
         block = min(self.corpus_block, n)
         n_blocks = math.ceil(n / block)
         pad = n_blocks * block - n
@@ -422,7 +425,7 @@ class DeviceIndex(Index):
         return {"vectors": flat}
 
     def _from_arrays(self, arrays: dict) -> None:
-        self._build(arrays["vectors"])
+        self._set_blocks(jnp.asarray(arrays["vectors"]))  # stored already normalised
 
 
 # ----------------------------------------------------------------------------------------------------------------
