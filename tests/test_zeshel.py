@@ -199,3 +199,22 @@ def test_synthetic_config_validation():
         synthetic.SyntheticZeshelConfig(namesakes=50)
     with pytest.raises(ValueError, match="train_worlds"):
         synthetic.SyntheticZeshelConfig(train_worlds=0)
+
+
+def test_pair_input_ids(tiny, tokenizer):
+    root, _ = tiny
+    data = zeshel.load_zeshel(root)
+    (m,) = zeshel.mention_input_ids(tokenizer, data, data.mentions["train"], max_length=16)
+    e = zeshel.entity_input_ids(tokenizer, data.entities(["w1"]), max_length=16)
+    ids, types = zeshel.pair_input_ids(tokenizer, [m, m], [e[0], e[1]], max_length=15)
+    for row, ty in zip(ids, types):
+        assert len(row) == len(ty) <= 15
+        tokens = tokenizer.convert_ids_to_tokens(row)
+        assert tokens[0] == "[CLS]" and tokens[-1] == "[SEP]" and tokens.count("[SEP]") == 2
+        first_sep = tokens.index("[SEP]")
+        assert first_sep - 1 <= (15 - 3) // 2  # the mention window gets at most half the budget
+        assert "[unused0]" in tokens[:first_sep] and "[unused1]" in tokens[:first_sep]
+        assert ty == [0] * (first_sep + 1) + [1] * (len(row) - first_sep - 1)
+    assert tokenizer.convert_ids_to_tokens(ids[1])[first_sep + 1 : first_sep + 3] == ["beta", "[unused2]"]
+    with pytest.raises(ValueError, match="2 mentions but 1 entities"):
+        zeshel.pair_input_ids(tokenizer, [m, m], [e[0]])

@@ -336,3 +336,38 @@ def pad_ids(ids: Sequence[Sequence[int]], *, length: int, pad_id: int = 0) -> tu
         out[i, : len(row)] = row
         mask[i, : len(row)] = True
     return out, mask
+
+
+def pair_input_ids(
+    tokenizer,
+    mention_ids: Sequence[Sequence[int]],
+    entity_ids: Sequence[Sequence[int]],
+    *,
+    max_length: int = 256,
+) -> tuple[list[int], list[int]]:
+    """Cross-encoder inputs ``[CLS] mention-window [SEP] entity-prefix [SEP]`` and their token types.
+
+    Args:
+      mention_ids: output rows of :func:`mention_input_ids` (with [CLS]/[SEP], markers inside), one per pair.
+      entity_ids: output rows of :func:`entity_input_ids`, one per pair.
+      max_length: pair length; the mention window gets at most ``(max_length - 3) // 2`` word pieces and the
+        entity the rest (hard-nce-el ``FullDataset``).
+
+    Returns:
+      (ids rows, token-type rows): one row per pair, each at most ``max_length`` long.
+    """
+    if len(mention_ids) != len(entity_ids):
+        raise ValueError(f"{len(mention_ids)} mentions but {len(entity_ids)} entities")
+    budget_m = (max_length - 3) // 2
+    rows_ids, rows_types = [], []
+    for m, e in zip(mention_ids, entity_ids):
+        m_body, e_body = list(m[1:-1]), list(e[1:-1])
+        if len(m_body) > budget_m:  # keep the marked mention: trim evenly around the markers' centre
+            cut = len(m_body) - budget_m
+            left = cut // 2
+            m_body = m_body[left : left + budget_m]
+        e_body = e_body[: max_length - 3 - len(m_body)]
+        ids = [tokenizer.cls_token_id] + m_body + [tokenizer.sep_token_id] + e_body + [tokenizer.sep_token_id]
+        rows_ids.append(ids)
+        rows_types.append([0] * (len(m_body) + 2) + [1] * (len(e_body) + 1))
+    return rows_ids, rows_types
