@@ -1,0 +1,454 @@
+"""Tests of hnjax.scorers against explicit float64 NumPy loops written here (never against the code under test)."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jax import test_util
+
+from hnjax import scorers
+
+HYP = settings(max_examples=20, deadline=None)
+RTOL = 1e-5
+
+# One jitted wrapper per function and static setting, shared by all tests so that equal shapes compile once.
+_JIT = {}
+
+
+def jitted(fn, **static):
+    key = (fn.__name__, tuple(sorted(static.items())))
+    if key not in _JIT:
+        _JIT[key] = jax.jit(functools.partial(fn, **static))
+    return _JIT[key]
+
+
+@functools.cache
+def weighted_grad(attention, block_size=scorers.DEFAULT_BLOCK_SIZE):
+    """Jitted gradient (q, d) of Σ_c c·Σ_b s[b, c]: a different weight per document exposes any reordering."""
+
+    def total(q, d, q_mask, d_mask):
+        s = scorers.late_interaction(q, d, q_mask, d_mask, attention, block_size=block_size)
+        return jnp.sum(s * jnp.arange(1, s.shape[1] + 1, dtype=s.dtype))
+
+    return jax.jit(jax.grad(total, argnums=(0, 1)))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Independent references: explicit Python loops over queries, documents, i and j, in float64.
+
+
+def _docs(d, d_mask, b):
+    """Yields (document vectors [n, D], mask [n]) for query b in either layout."""
+    if d.ndim == 4:  # paired [B, K, n, D]
+        return [(d[b, k], d_mask[b, k]) for k in range(d.shape[1])]
+    return [(d[c], d_mask[c]) for c in range(d.shape[0])]  # all pairs [N, n, D]
+
+
+def ref_hard(q, d, q_mask, d_mask):
+    q, d = np.asarray(q, np.float64), np.asarray(d, np.float64)
+    out = []
+    for b in range(q.shape[0]):
+        row = []
+        for dv, dm in _docs(d, d_mask, b):
+            total = 0.0
+            for i in range(q.shape[1]):
+                if not q_mask[b, i]:
+                    continue
+                best = -np.inf
+                for j in range(dv.shape[0]):
+                    if dm[j]:
+                        best = max(best, float(np.dot(q[b, i], dv[j])))
+                total += best
+            row.append(total)
+        out.append(row)
+    return np.array(out)
+
+
+def ref_soft(q, d, q_mask, d_mask):
+    """Official form: each real document vector attends (softmax over real i) over the query vectors."""
+    q, d = np.asarray(q, np.float64), np.asarray(d, np.float64)
+    out = []
+    for b in range(q.shape[0]):
+        row = []
+        for dv, dm in _docs(d, d_mask, b):
+            total = 0.0
+            for j in range(dv.shape[0]):
+                if not dm[j]:
+                    continue
+                real = [i for i in range(q.shape[1]) if q_mask[b, i]]
+                logits = np.array([np.dot(dv[j], q[b, i]) for i in real])
+                w = np.exp(logits - logits.max())
+                w /= w.sum()
+                attended = sum(w[t] * q[b, i] for t, i in enumerate(real))
+                total += float(np.dot(dv[j], attended))
+            row.append(total)
+        out.append(row)
+    return np.array(out)
+
+
+def ref_dual(q, d):
+    q, d = np.asarray(q, np.float64), np.asarray(d, np.float64)
+    B = q.shape[0]
+    C = d.shape[1] if d.ndim == 3 else d.shape[0]
+    out = np.zeros((B, C))
+    for b in range(B):
+        for c in range(C):
+            dv = d[b, c] if d.ndim == 3 else d[c]
+            out[b, c] = sum(q[b, h] * dv[h] for h in range(q.shape[1]))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data
+
+
+def random_mask(rng, shape, p=0.6):
+    """Random bool mask with at least one True in every row (last axis)."""
+    mask = rng.random(shape) < p
+    first = rng.integers(0, shape[-1], size=shape[:-1])
+    np.put_along_axis(mask, first[..., None], True, axis=-1)
+    return mask
+
+
+def make_case(seed, layout, B=3, C=5, m=4, n=6, D=8, dtype=np.float32):
+    """q [B, m, D], d [C, n, D] (all pairs) or [B, C, n, D] (paired), with random masks."""
+    rng = np.random.default_rng(seed)
+    d_lead = (C,) if layout == "all_pairs" else (B, C)
+    q = rng.normal(size=(B, m, D)).astype(dtype)
+    d = rng.normal(size=(*d_lead, n, D)).astype(dtype)
+    return q, d, random_mask(rng, (B, m)), random_mask(rng, (*d_lead, n))
+
+
+LAYOUTS = ["all_pairs", "paired"]
+REFS = {"hard": ref_hard, "soft": ref_soft}
+NAMED = {"hard": scorers.sum_of_max, "soft": scorers.poly}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Values against the references
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_dual_matches_reference(layout):
+    rng = np.random.default_rng(0)
+    q = rng.normal(size=(3, 8)).astype(np.float32)
+    d = rng.normal(size=(5, 8) if layout == "all_pairs" else (3, 5, 8)).astype(np.float32)
+    got = jitted(scorers.dual)(q, d)
+    assert got.dtype == jnp.float32 and got.shape == (3, 5)
+    np.testing.assert_allclose(got, ref_dual(q, d), rtol=RTOL, atol=1e-6)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("attention", ["hard", "soft"])
+@pytest.mark.parametrize("block_size", [1024, 2])
+def test_late_interaction_matches_reference(layout, attention, block_size):
+    q, d, qm, dm = make_case(1, layout)
+    want = REFS[attention](q, d, qm, dm)
+    got = jitted(scorers.late_interaction, attention=attention, block_size=block_size)(q, d, qm, dm)
+    assert got.dtype == jnp.float32 and got.shape == (3, 5)
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=1e-5)
+    named = jitted(NAMED[attention], block_size=block_size)(q, d, qm, dm)
+    np.testing.assert_allclose(named, want, rtol=RTOL, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("attention", ["hard", "soft"])
+def test_no_masks_means_all_real(layout, attention):
+    q, d, qm, dm = make_case(2, layout)
+    got = jitted(scorers.late_interaction, attention=attention)(q, d)
+    want = REFS[attention](q, d, np.ones_like(qm), np.ones_like(dm))
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("q_rank", [2, 3])
+def test_multi_vector_matches_reference(layout, q_rank):
+    q, d, _, dm = make_case(3, layout, m=1)
+    n_used = 4
+    dm[..., 0] = True  # a real vector among the first n_used
+    want = np.zeros((3, 5))
+    for b in range(3):
+        for c, (dv, dmv) in enumerate(_docs(np.float64(d), dm, b)):
+            want[b, c] = max(np.dot(np.float64(q[b, 0]), dv[j]) for j in range(n_used) if dmv[j])
+    q_in = q[:, 0] if q_rank == 2 else q
+    f = jitted(scorers.multi_vector, n=n_used)
+    got = f(q_in, d, d_mask=dm)
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=1e-5)
+    # vectors beyond n never count, even when they would win the max
+    d_big = d.copy()
+    d_big[..., n_used:, :] = 1e3 * np.sign(q[:, None, None, 0] if layout == "paired" else q[0, 0])
+    np.testing.assert_allclose(f(q_in, d_big, d_mask=dm), got, rtol=RTOL)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Gradients in float64
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("attention", ["hard", "soft"])
+def test_gradients_float64(layout, attention):
+    with jax.enable_x64(True):
+        q, d, qm, dm = make_case(4, layout, B=2, C=5, m=3, n=4, D=5, dtype=np.float64)
+        # block_size=2 with 5 documents/candidates: scanned, rematerialised blocks plus a remainder block
+        f = jax.jit(lambda q, d: scorers.late_interaction(q, d, qm, dm, attention, block_size=2))
+        assert f(q, d).dtype == jnp.float64
+        np.testing.assert_allclose(f(q, d), REFS[attention](q, d, qm, dm), rtol=1e-12)
+        test_util.check_grads(f, (q, d), order=1, modes=["rev"], eps=1e-6)
+        # masked vectors receive exactly zero gradient
+        gq, gd = jax.grad(lambda q, d: jnp.sum(f(q, d) * jnp.arange(1.0, 6.0)), argnums=(0, 1))(q, d)
+        assert np.all(np.asarray(gq)[~qm] == 0) and np.all(np.asarray(gd)[~dm] == 0)
+        assert np.any(np.asarray(gq)[qm] != 0) and np.any(np.asarray(gd)[dm] != 0)
+
+
+def test_dual_gradients_float64():
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(5)
+        q, d = rng.normal(size=(3, 4)), rng.normal(size=(3, 2, 4))
+        test_util.check_grads(jax.jit(scorers.dual), (q, d), order=1, modes=["rev"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Invariants (hypothesis): values are drawn, shapes come from a small set so compilations are reused
+
+
+@HYP
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    layout=st.sampled_from(LAYOUTS),
+    attention=st.sampled_from(["hard", "soft"]),
+    garbage=st.sampled_from([1.0, 1e6, 1e30, np.inf, np.nan]),
+)
+def test_padding_never_changes_scores_or_gradients(seed, layout, attention, garbage):
+    q, d, qm, dm = make_case(seed, layout)  # q [3, 4, 8], d [5, 6, 8] or [3, 5, 6, 8]
+    rng = np.random.default_rng(seed + 1)
+    # append 2 masked query vectors and 3 masked document vectors holding garbage
+    q_pad = np.concatenate([q, garbage * rng.normal(size=(3, 2, 8)).astype(np.float32)], axis=1)
+    d_pad = np.concatenate([d, garbage * rng.normal(size=(*d.shape[:-2], 3, 8)).astype(np.float32)], axis=-2)
+    qm_pad = np.concatenate([qm, np.zeros((3, 2), bool)], axis=1)
+    dm_pad = np.concatenate([dm, np.zeros((*dm.shape[:-1], 3), bool)], axis=-1)
+    # and overwrite the masked positions inside the original length with garbage too
+    q_pad[:, :4][~qm] = garbage
+    d_pad[..., :6, :][~dm] = -garbage
+    f = jitted(scorers.late_interaction, attention=attention)
+    np.testing.assert_allclose(f(q_pad, d_pad, qm_pad, dm_pad), f(q, d, qm, dm), rtol=1e-6)
+    grad = weighted_grad(attention)
+    gq, gd = grad(q, d, qm, dm)
+    gq_pad, gd_pad = grad(q_pad, d_pad, qm_pad, dm_pad)
+    np.testing.assert_allclose(gq_pad[:, :4], gq, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(gd_pad[..., :6, :], gd, rtol=1e-5, atol=1e-6)
+    assert np.all(np.asarray(gq_pad)[~qm_pad] == 0) and np.all(np.asarray(gd_pad)[~dm_pad] == 0)
+
+
+@HYP
+@given(seed=st.integers(0, 2**31 - 1), layout=st.sampled_from(LAYOUTS))
+def test_sum_of_max_with_one_vector_each_equals_dual(seed, layout):
+    q, d, _, _ = make_case(seed, layout, m=1, n=1)
+    want = jitted(scorers.dual)(q[:, 0], d[..., 0, :])
+    np.testing.assert_allclose(jitted(scorers.sum_of_max)(q, d), want, rtol=RTOL, atol=1e-6)
+    np.testing.assert_allclose(ref_dual(q[:, 0], d[..., 0, :]), want, rtol=RTOL, atol=1e-6)
+
+
+@HYP
+@given(seed=st.integers(0, 2**31 - 1), layout=st.sampled_from(LAYOUTS))
+def test_hard_late_interaction_equals_named_cases(seed, layout):
+    hard = jitted(scorers.late_interaction, attention="hard")
+    q, d, qm, dm = make_case(seed, layout)
+    np.testing.assert_allclose(hard(q, d, qm, dm), jitted(scorers.sum_of_max)(q, d, qm, dm), rtol=RTOL)
+    # multi_vector: one query vector, the first 3 document vectors
+    dm3 = dm.copy()
+    dm3[..., 0] = True
+    np.testing.assert_allclose(
+        jitted(scorers.multi_vector, n=3)(q[:, 0], d, d_mask=dm3),
+        hard(q[:, :1], d[..., :3, :], np.ones((3, 1), bool), dm3[..., :3]),
+        rtol=RTOL,
+    )
+    # dual: one vector each
+    np.testing.assert_allclose(
+        hard(q[:, :1], d[..., :1, :], np.ones((3, 1), bool), np.ones(d.shape[:-2] + (1,), bool)),
+        jitted(scorers.dual)(q[:, 0], d[..., 0, :]),
+        rtol=RTOL,
+        atol=1e-6,
+    )
+
+
+@HYP
+@given(seed=st.integers(0, 2**31 - 1), layout=st.sampled_from(LAYOUTS))
+def test_poly_with_one_query_vector_is_sum_of_dot_products(seed, layout):
+    # softmax over a single query vector is 1, so s = Σ_{real j} ⟨q, d_j⟩; with n equal vectors that is n·⟨q, d⟩
+    q, d, _, dm = make_case(seed, layout, m=1)
+    want = np.zeros((3, 5))
+    for b in range(3):
+        for c, (dv, dmv) in enumerate(_docs(np.float64(d), dm, b)):
+            want[b, c] = np.dot(np.float64(q[b, 0]), dv[dmv].sum(axis=0))
+    got = jitted(scorers.poly)(q, d, np.ones((3, 1), bool), dm)
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=1e-5)
+    d_same = np.broadcast_to(d[..., :1, :], d.shape).copy()
+    np.testing.assert_allclose(
+        jitted(scorers.poly)(q, d_same), 6 * ref_dual(q[:, 0], d[..., 0, :]), rtol=RTOL, atol=1e-5
+    )
+
+
+@HYP
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    layout=st.sampled_from(LAYOUTS),
+    attention=st.sampled_from(["hard", "soft"]),
+    block_size=st.sampled_from([2, 3]),
+)
+def test_blocked_equals_unblocked(seed, layout, attention, block_size):
+    q, d, qm, dm = make_case(seed, layout)  # 5 documents (candidates): divisible by neither 2 nor 3
+    blocked = jitted(scorers.late_interaction, attention=attention, block_size=block_size)
+    plain = jitted(scorers.late_interaction, attention=attention)
+    np.testing.assert_allclose(blocked(q, d, qm, dm), plain(q, d, qm, dm), rtol=1e-6, atol=1e-6)
+    got, want = weighted_grad(attention, block_size)(q, d, qm, dm), weighted_grad(attention)(q, d, qm, dm)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Fully masked queries and documents
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("attention", ["hard", "soft"])
+def test_empty_rows_under_jit_score_masked_score_with_zero_gradient(layout, attention):
+    q, d, qm, dm = make_case(6, layout)
+    doc = (2,) if layout == "all_pairs" else (0, 2)  # document 2 (of query 0, paired) has no real vector
+    qm[1] = False  # query 1 has no real vector
+    dm[doc] = False
+    f = jitted(scorers.late_interaction, attention=attention)
+    got = np.asarray(f(q, d, qm, dm))
+    empty = np.zeros((3, 5), bool)
+    empty[1] = True
+    empty[:, 2] = empty[:, 2] | (layout == "all_pairs")
+    empty[0, 2] = True
+    assert np.all(got[empty] == scorers.MASKED_SCORE)
+    full_qm, full_dm = qm.copy(), dm.copy()
+    full_qm[1] = True
+    full_dm[doc + (0,)] = True
+    ref = REFS[attention](q, d, full_qm, full_dm)  # the other pairs are unaffected by the empty rows
+    np.testing.assert_allclose(got[~empty], ref[~empty], rtol=RTOL, atol=1e-5)
+
+    def loss(q, d, qm, dm):  # a softmax over each row stays finite, empty pairs get no gradient
+        return -jnp.sum(jax.nn.log_softmax(scorers.late_interaction(q, d, qm, dm, attention), axis=-1)[:, 0])
+
+    value, (gq, gd) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(q, d, qm, dm)
+    assert np.isfinite(value) and np.all(np.isfinite(gq)) and np.all(np.isfinite(gd))
+    assert np.all(np.asarray(gq)[1] == 0)
+    assert np.all(np.asarray(gd)[doc] == 0)
+
+
+@pytest.mark.parametrize("fn", [scorers.sum_of_max, scorers.poly])
+def test_empty_rows_with_concrete_masks_raise(fn):
+    q, d, qm, dm = make_case(7, "all_pairs")
+    bad_q, bad_d = qm.copy(), dm.copy()
+    bad_q[2] = False
+    bad_d[4] = False
+    with pytest.raises(ValueError, match=r"q_mask has 1 queries with no real vector.*index \(2,\)"):
+        fn(q, d, bad_q, dm)
+    with pytest.raises(ValueError, match=r"d_mask has 1 documents with no real vector.*index \(4,\)"):
+        fn(q, d, qm, jnp.asarray(bad_d))
+    got = np.asarray(fn(q, d, bad_q, bad_d, allow_empty=True))
+    assert np.all(got[2] == scorers.MASKED_SCORE) and np.all(got[:, 4] == scorers.MASKED_SCORE)
+    first_two_padding = np.concatenate([np.zeros((5, 2), bool), np.ones((5, 4), bool)], axis=1)
+    with pytest.raises(ValueError, match="d_mask has 5 documents with no real vector"):
+        scorers.multi_vector(q[:, 0], d, 2, first_two_padding)  # only the first n = 2 entries count
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Bad input
+
+
+def test_bad_input_raises_with_informative_messages():
+    q, d, qm, dm = make_case(8, "all_pairs")
+    qp, dp, _, dmp = make_case(8, "paired")
+    cases = [
+        (lambda: scorers.sum_of_max(q[..., :7], d), r"same width D.*\(3, 4, 7\).*\(5, 6, 8\)"),
+        (lambda: scorers.sum_of_max(q[0], d), r"q must have rank 3.*got shape \(4, 8\)"),
+        (lambda: scorers.poly(q, d[0]), r"d must have rank 3 or 4.*got shape \(6, 8\)"),
+        (lambda: scorers.sum_of_max(q, d, qm.astype(np.int32)), r"q_mask must have dtype bool.*int32"),
+        (lambda: scorers.poly(q, d, qm, dm.astype(np.float32)), r"d_mask must have dtype bool.*float32"),
+        (lambda: scorers.sum_of_max(q, d, qm[:, :3]), r"q_mask must have shape \(3, 4\).*\(3, 3\)"),
+        (lambda: scorers.sum_of_max(q, d, None, dm[:, :2]), r"d_mask must have shape \(5, 6\).*\(5, 2\)"),
+        (lambda: scorers.late_interaction(q, d, attention="max"), r"attention must be one of.*'max'"),
+        (lambda: scorers.late_interaction(q, d, block_size=0), r"block_size must be a positive int, got 0"),
+        (lambda: scorers.sum_of_max(q[:2], dp), r"paired layout needs d.shape\[0\] == B.*B=2"),
+        (lambda: scorers.sum_of_max(q.astype(np.int32), d), r"q must have a floating dtype, got int32"),
+        (lambda: scorers.sum_of_max(q[:, :0], d), r"at least one vector per query"),
+        (lambda: scorers.dual(q, d[:, 0]), r"q must have rank 2.*\[B, D\]"),
+        (lambda: scorers.dual(q[:, 0], d), r"paired layout needs d.shape\[0\] == B.*B=3, d shape \(5, 6, 8\)"),
+        (lambda: scorers.dual(q[:, 0], d[:, :, :7]), r"same width D"),
+        (lambda: scorers.dual(q[:2, 0], dp[:, :, 0]), r"paired layout needs d.shape\[0\] == B.*B=2"),
+        (lambda: scorers.multi_vector(q, d, 2), r"one query vector.*\(3, 4, 8\)"),
+        (lambda: scorers.multi_vector(q[:, 0], d, 7), r"n must be an int with 1 <= n <= L = .* = 6, got 7"),
+        (lambda: scorers.multi_vector(q[:, 0], d, 0), r"n must be an int .* got 0"),
+        (lambda: scorers.multi_vector(q[:, 0], d, 2, dm[:, :2]), r"d_mask must have shape \(5, 6\)"),
+        (lambda: scorers.multi_vector(q[:, 0], d, 2, dm.astype(np.int8)), r"d_mask must have dtype bool"),
+    ]
+    for call, pattern in cases:
+        with pytest.raises(ValueError, match=pattern):
+            call()
+
+
+def test_validation_also_runs_under_jit():
+    q, d, qm, dm = make_case(9, "all_pairs")
+    with pytest.raises(ValueError, match="q_mask must have dtype bool"):
+        jax.jit(scorers.sum_of_max)(q, d, qm.astype(np.float32), dm)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Precision, vmap, memory
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("fn", ["sum_of_max", "poly", "dual"])
+def test_bfloat16_inputs_give_float32_scores(layout, fn):
+    q, d, qm, dm = make_case(10, layout, D=64)
+    if fn == "dual":
+        args32 = (q[:, 0], d[..., 0, :])
+    else:
+        args32 = (q, d, qm, dm)
+    args16 = tuple(jnp.asarray(a, jnp.bfloat16) if a.dtype == np.float32 else a for a in args32)
+    f = jitted(getattr(scorers, fn))
+    got, want = f(*args16), f(*args32)
+    assert got.dtype == jnp.float32
+    # bf16 rounding of the inputs only (accumulation is float32): relative error of a few 1e-3 per product
+    scale = np.abs(np.asarray(want)).max()
+    np.testing.assert_allclose(got, want, atol=3e-2 * scale)
+
+
+def test_vmap_over_an_extra_leading_axis():
+    cases = [make_case(20 + t, "paired", B=2, C=3) for t in range(4)]
+    qs, ds, qms, dms = (np.stack(x) for x in zip(*cases))
+    for attention in ["hard", "soft"]:
+        f = jax.jit(jax.vmap(functools.partial(scorers.late_interaction, attention=attention, block_size=2)))
+        got = f(qs, ds, qms, dms)
+        for t in range(4):
+            np.testing.assert_allclose(got[t], REFS[attention](qs[t], ds[t], qms[t], dms[t]), rtol=RTOL, atol=1e-5)
+    # vmap over queries only (documents shared, all pairs): each query row alone
+    q, d, qm, dm = make_case(24, "all_pairs")
+    per_query = jax.vmap(lambda q1, m1: scorers.sum_of_max(q1[None], d, m1[None], dm)[0])
+    np.testing.assert_allclose(jax.jit(per_query)(q, qm), ref_hard(q, d, qm, dm), rtol=RTOL, atol=1e-5)
+    dual_rows = jax.jit(jax.vmap(lambda q1: scorers.dual(q1[None], d[:, 0])[0]))
+    np.testing.assert_allclose(dual_rows(q[:, 0]), ref_dual(q[:, 0], d[:, 0]), rtol=RTOL, atol=1e-6)
+
+
+@pytest.mark.parametrize("attention", ["hard", "soft"])
+def test_all_pairs_memory_is_bounded_by_the_block(attention):
+    B, N, m, n, D, block = 4, 4096, 16, 16, 8, 128
+    full_bytes = B * N * m * n * 4  # the [B, N, m, n] float32 similarity tensor: 16 MiB
+    q = jax.ShapeDtypeStruct((B, m, D), jnp.float32)
+    d = jax.ShapeDtypeStruct((N, n, D), jnp.float32)
+
+    def loss(q, d):
+        return jnp.sum(scorers.late_interaction(q, d, attention=attention, block_size=block))
+
+    for f in [loss, jax.grad(loss, argnums=(0, 1))]:
+        stats = jax.jit(f).lower(q, d).compile().memory_analysis()
+        if stats is None:
+            pytest.skip("backend gives no memory analysis")
+        assert stats.temp_size_in_bytes < full_bytes / 4, (stats.temp_size_in_bytes, full_bytes)
