@@ -451,7 +451,8 @@ class FaissIndex(Index):
       M: HNSW graph degree.
       ef_construction: HNSW build-time beam width.
       ef_search: HNSW search beam width (recall/speed knob; FAISS uses max(ef_search, k)).
-      nlist: IVF lists; default ``round(4·sqrt(N))`` capped so that each list trains on ≥ 39 points.
+      nlist: IVF lists; default ``round(2·sqrt(N))`` (below FAISS's 4·sqrt(N) guideline, to keep k-means training
+        cheap on CPU), capped so that each list trains on ≥ 39 points. The value used is ``nlist_used``.
       nprobe: IVF lists visited per query (recall/speed knob).
       pq_m: PQ sub-quantisers (must divide D); default D / 8 (a 4-dim sub-vector, 8 bits each).
       pq_bits: bits per PQ code.
@@ -495,6 +496,7 @@ class FaissIndex(Index):
         self.pq_m, self.pq_bits, self.rerank = pq_m, int(pq_bits), int(rerank)
         self.train_size, self.threads = int(train_size), threads
         self._index = None
+        self.nlist_used: int | None = None
 
     def config(self) -> dict:
         cfg = super().config()
@@ -524,7 +526,7 @@ class FaissIndex(Index):
         if self.kind == "hnsw":
             self._index.hnsw.efSearch = self.ef_search
         elif self.kind in ("ivf", "ivfpq"):
-            faiss.extract_index_ivf(self._index).nprobe = min(self.nprobe, self._nlist_used)
+            faiss.extract_index_ivf(self._index).nprobe = min(self.nprobe, self.nlist_used)
         if self.kind == "ivfpq":
             self._index.k_factor = float(self.rerank)
 
@@ -547,7 +549,7 @@ class FaissIndex(Index):
             index = faiss.IndexHNSWFlat(d, self.M, ip)
             index.hnsw.efConstruction = self.ef_construction
         else:
-            nlist = self.nlist or max(1, min(round(4 * math.sqrt(n)), n // 39))
+            nlist = self.nlist or max(1, min(round(2 * math.sqrt(n)), n // 39))
             nlist = min(nlist, n)
             quantizer = faiss.IndexFlatIP(d)
             if self.kind == "ivf":
@@ -565,7 +567,7 @@ class FaissIndex(Index):
             if n < 2**self.pq_bits and self.kind == "ivfpq":
                 raise ValueError(f"ivfpq: needs N >= 2**pq_bits = {2**self.pq_bits} training vectors, got N = {n}")
             index.train(train)
-            self._nlist_used = nlist
+            self.nlist_used = nlist
         index.add(x)
         self._index = index
 
@@ -583,7 +585,7 @@ class FaissIndex(Index):
         if self._index.ntotal != self.size:
             raise ValueError(f"saved FAISS index holds {self._index.ntotal} vectors, metadata says {self.size}")
         if self.kind in ("ivf", "ivfpq"):
-            self._nlist_used = faiss.extract_index_ivf(self._index).nlist
+            self.nlist_used = faiss.extract_index_ivf(self._index).nlist
 
 
 BACKENDS = ("exact", "approx", "flat", "hnsw", "ivf", "ivfpq")
