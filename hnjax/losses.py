@@ -21,6 +21,8 @@ the batch rows, ``reduction="none"`` returns the per-row losses ``[B]``.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -207,3 +209,201 @@ def nce(
         return _reduce(per_row, reduction)
     per_row = jnp.where(row_valid, per_row, 0.0)
     return _reduce(per_row, reduction, row_valid.astype(dtype))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# In-batch losses over two views (SimCSE layout), optionally across devices.
+# ----------------------------------------------------------------------------------------------------------------
+
+_COS_EPS = 1e-8  # as torch.nn.CosineSimilarity, which SimCSE uses
+
+
+def _normalize(z: jax.Array) -> jax.Array:
+    """Rows scaled to unit norm in (at least) float32; rows with norm below eps are divided by eps instead."""
+    z = z.astype(_accum_dtype(z.dtype))
+    sq = jnp.sum(z * z, axis=-1, keepdims=True)  # [N, 1]
+    return z * jax.lax.rsqrt(jnp.maximum(sq, _COS_EPS**2))
+
+
+def _cosine(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``[n, D] × [M, D] → [n, M]`` inner products of already normalised rows."""
+    return jnp.einsum("nd,md->nm", a, b, preferred_element_type=a.dtype)
+
+
+def _gathered_columns(x: jax.Array, axis_name: str | None) -> tuple[jax.Array, jax.Array | int]:
+    """All rows of ``x`` across the devices of ``axis_name`` (tiled, device order) and this device's row offset.
+
+    Without an axis this is ``(x, 0)``. The transpose of ``all_gather`` is ``psum_scatter``, so gradients reaching
+    the gathered columns flow back to the devices that own those rows.
+    """
+    if axis_name is None:
+        return x, 0
+    return jax.lax.all_gather(x, axis_name, tiled=True), jax.lax.axis_index(axis_name) * x.shape[0]
+
+
+def _inbatch_reduce(per_row: jax.Array, reduction: str, axis_name: str | None) -> jax.Array:
+    """Mean over the global batch (``psum`` of local sums / global N) or the local per-row losses."""
+    if reduction == "none" or axis_name is None:
+        return _reduce(per_row, reduction)
+    n_global = per_row.shape[0] * jax.lax.axis_size(axis_name)
+    return jax.lax.psum(jnp.sum(per_row), axis_name) / n_global
+
+
+def _check_views(z1: jax.Array, z2: jax.Array, temperature, reduction: str) -> None:
+    _check_reduction(reduction)
+    for name, z in (("z1", z1), ("z2", z2)):
+        _check_floating(name, z)
+        _check_rank(name, z, 2, "[N, D]")
+    if z1.shape != z2.shape:
+        raise ValueError(f"z2: expected the shape of z1 {tuple(z1.shape)}, got {tuple(z2.shape)}")
+    if isinstance(temperature, (int, float)) and not (temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature: expected a finite value > 0, got {temperature}")
+
+
+_AXIS_DOC = """Cross-device negatives. Inside ``jax.shard_map`` (or ``jax.pmap``) over ``axis_name``, with the local
+    rows ``z1, z2 [n, D]`` of a global batch ``N = n · axis_size`` split in device order, every device scores its own
+    rows against the all-gathered columns (``[n, N]``; the global N×N matrix is never built on one device), with
+    labels ``axis_index · n + arange(n)``. Each device returns the same value: the mean over the **global** batch
+    (``psum`` of local sums / N), equal to the single-device loss on the concatenated batch. Gradients:
+
+    * ``jax.shard_map`` (``check_vma=True``, the default): differentiate the shard-mapped function from outside
+      (``out_specs=P()``), or take ``jax.grad`` inside w.r.t. replicated parameters; both give the global-batch
+      gradient (JAX transposes ``psum`` and ``all_gather`` so that every row's owner gets its gradient). Do not
+      ``psum`` these gradients again.
+    * ``jax.pmap``: ``jax.grad`` inside gives ``axis_size`` × each device's share (pmap transposes ``psum`` into
+      ``psum``), so reduce gradients with ``jax.lax.pmean`` (the usual pmap idiom), not ``psum``.
+
+    With ``reduction="none"`` each device returns the losses of its own ``n`` rows and no collective is applied."""
+
+
+def infonce(
+    z1: jax.typing.ArrayLike,
+    z2: jax.typing.ArrayLike,
+    temperature: float | jax.Array = 0.05,
+    symmetric: bool = False,
+    axis_name: str | None = None,
+    *,
+    negatives: jax.typing.ArrayLike | None = None,
+    reduction: str = "mean",
+) -> jax.Array:
+    r"""InfoNCE with in-batch negatives over the cosine matrix of two views (SimCSE).
+
+    .. math::  \ell_i = -\log \frac{\exp(s_{ii}/\tau)}{\sum_{j=1}^{N} \exp(s_{ij}/\tau)
+       + \sum_{j=1}^{M} \exp(\cos(z1_i, \mathrm{neg}_j)/\tau)},
+       \qquad s_{ij} = \cos(z1_i, z2_j)
+
+    The second sum is present only with ``negatives`` (SimCSE's supervised triplets): row i's logits are
+    ``[cos(z1_i, z2_j) for j in 0..N−1] ++ [cos(z1_i, neg_j) for j in 0..M−1]`` divided by τ, label i.
+    ``symmetric=True`` averages, per index i, the row-wise loss above and the column-wise loss
+    ``−log softmax_j(s_{ji}/τ)[i]`` (view 2 as anchor against all of view 1); it cannot be combined with
+    ``negatives``. Cosines are computed in float32 (eps 1e-8 on the norms, as ``torch.nn.CosineSimilarity``).
+
+    Args:
+      z1: ``[N, D]`` first view (anchors), floating (bfloat16 allowed). Local rows when ``axis_name`` is given.
+      z2: ``[N, D]`` second view (positives), same shape as ``z1``.
+      temperature: τ > 0, a Python number (checked) or a scalar array.
+      symmetric: average row-wise and column-wise cross-entropy (CLIP-style).
+      axis_name: mapped axis to all-gather negatives over, or None on one device.
+      negatives: optional ``[M, D]`` extra hard negatives (e.g. ``M = N``, one per anchor), shared by all rows and
+        all-gathered like ``z2`` under ``axis_name``.
+      reduction: ``"mean"`` over the (global) batch, or ``"none"`` for the local per-row losses ``[N]``.
+
+    {axis_doc}
+
+    Returns:
+      float32 scalar (``"mean"``) or ``[N]`` (``"none"``).
+
+    Example:
+      >>> z = jnp.eye(3)
+      >>> round(float(infonce(z, z, temperature=1.0)), 4)  # -log(e / (e + 2))
+      0.5514
+
+    References:
+      Gao, Yao & Chen, "SimCSE: Simple Contrastive Learning of Sentence Embeddings", EMNLP 2021 (Eq. 1 and 5);
+      matches princeton-nlp/SimCSE ``simcse/models.py`` ``cl_forward`` (cos/τ, ``CrossEntropyLoss`` with labels
+      ``arange(N)``, hard negatives appended as extra columns).
+    """
+    z1, z2 = jnp.asarray(z1), jnp.asarray(z2)
+    _check_views(z1, z2, temperature, reduction)
+    if negatives is not None:
+        negatives = jnp.asarray(negatives)
+        _check_floating("negatives", negatives)
+        _check_rank("negatives", negatives, 2, "[M, D]")
+        if negatives.shape[1] != z1.shape[1]:
+            raise ValueError(f"negatives: expected width D = {z1.shape[1]} like z1, got shape {tuple(negatives.shape)}")
+        if symmetric:
+            raise ValueError("symmetric: expected False when negatives are given (no column-wise loss), got True")
+
+    a, b = _normalize(z1), _normalize(z2)  # [n, D]
+    b_all, offset = _gathered_columns(b, axis_name)  # [N, D]
+    labels = offset + jnp.arange(a.shape[0])  # [n]
+    logits = _cosine(a, b_all)  # [n, N]
+    if negatives is not None:
+        neg_all, _ = _gathered_columns(_normalize(negatives), axis_name)  # [M, D]
+        logits = jnp.concatenate([logits, _cosine(a, neg_all)], axis=1)  # [n, N + M]
+    per_row = _cross_entropy(logits / temperature, labels)
+    if symmetric:
+        a_all, _ = _gathered_columns(a, axis_name)
+        per_row = 0.5 * (per_row + _cross_entropy(_cosine(b, a_all) / temperature, labels))
+    return _inbatch_reduce(per_row, reduction, axis_name)
+
+
+def focal_infonce(
+    z1: jax.typing.ArrayLike,
+    z2: jax.typing.ArrayLike,
+    temperature: float | jax.Array = 0.05,
+    margin: float | jax.Array = 0.3,
+    axis_name: str | None = None,
+    *,
+    reduction: str = "mean",
+) -> jax.Array:
+    r"""Focal-InfoNCE: InfoNCE with similarity-modulated logits (Hou & Li 2023).
+
+    .. math::  \ell_i = -\log \frac{\exp(s_{ii}^2/\tau)}{\exp(s_{ii}^2/\tau)
+       + \sum_{j \ne i} \exp\big(s_{ij}(s_{ij} + m)/\tau\big)}, \qquad s_{ij} = \cos(z1_i, z2_j)
+
+    Exactly the official formula: the positive's similarity is multiplied by itself, each negative's by
+    ``s_ij + m``, both divided by τ; gradients flow through the modulation factors (no stop-gradient, no clamping).
+    With ``P`` the row softmax of these logits, ``∂ℓ_i/∂s_ii = −(1 − P_ii)·2 s_ii/τ`` and
+    ``∂ℓ_i/∂s_ij = P_ij (2 s_ij + m)/τ``: hard negatives (s_ij > 1 − m) are up-weighted relative to InfoNCE.
+
+    Args:
+      z1: ``[N, D]`` first view (anchors), floating (bfloat16 allowed). Local rows when ``axis_name`` is given.
+      z2: ``[N, D]`` second view (positives), same shape as ``z1``.
+      temperature: τ > 0, a Python number (checked) or a scalar array.
+      margin: m, the "hardness" margin (finite; 0.3 in the paper).
+      axis_name: mapped axis to all-gather negatives over, or None on one device.
+      reduction: ``"mean"`` over the (global) batch, or ``"none"`` for the local per-row losses ``[N]``.
+
+    {axis_doc}
+
+    Returns:
+      float32 scalar (``"mean"``) or ``[N]`` (``"none"``).
+
+    Example:
+      >>> z = jnp.eye(2)  # s = I: positive logit 1/τ, negative logit 0
+      >>> round(float(focal_infonce(z, z, temperature=1.0, margin=0.3)), 4)  # -log(e / (e + 1))
+      0.3133
+
+    References:
+      Hou & Li, "Improving Contrastive Learning of Sentence Embeddings with Focal-InfoNCE", Findings of EMNLP 2023;
+      matches puerrrr/Focal-InfoNCE ``focalNCE/models.py`` ``sp_logits`` and ``cl_forward``.
+    """
+    z1, z2 = jnp.asarray(z1), jnp.asarray(z2)
+    _check_views(z1, z2, temperature, reduction)
+    if isinstance(margin, (int, float)) and not math.isfinite(margin):
+        raise ValueError(f"margin: expected a finite value, got {margin}")
+
+    a = _normalize(z1)  # [n, D]
+    b_all, offset = _gathered_columns(_normalize(z2), axis_name)  # [N, D]
+    labels = offset + jnp.arange(a.shape[0])  # [n]
+    s = _cosine(a, b_all)  # [n, N]
+    positive = jnp.arange(s.shape[1])[None, :] == labels[:, None]  # [n, N]
+    logits = jnp.where(positive, s * s, s * (s + margin)) / temperature
+    return _inbatch_reduce(_cross_entropy(logits, labels), reduction, axis_name)
+
+
+for _fn in (infonce, focal_infonce):
+    if _fn.__doc__:  # None under python -OO
+        _fn.__doc__ = _fn.__doc__.replace("{axis_doc}", _AXIS_DOC)
+del _fn
