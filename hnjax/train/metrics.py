@@ -1,0 +1,135 @@
+"""Run metrics on the host: JSONL log (truncated to the checkpoint on resume), TensorBoard scalars, time split."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator
+
+logger = logging.getLogger(__name__)
+
+TIME_PHASES = ("step", "data", "mining", "eval", "checkpoint")
+
+
+def read_jsonl(path: str) -> list[dict]:
+    """All records of a JSONL file (an incomplete last line, left by a killed process, is ignored)."""
+    if not os.path.exists(path):
+        return []
+    records = []
+    with open(path) as f:
+        lines = f.read().split("\n")
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if number == len(lines):  # the unterminated final line of a killed writer
+                break
+            raise ValueError(f"{path}, line {number}: not valid JSON ({e})") from e
+    return records
+
+
+def truncate_jsonl(path: str, max_step: int) -> int:
+    """Keep only records with ``step <= max_step`` (resume: drop what the killed run logged after its checkpoint).
+
+    Returns:
+      Number of records kept.
+    """
+    records = [r for r in read_jsonl(path) if r.get("step", 0) <= max_step]
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    os.replace(tmp, path)
+    return len(records)
+
+
+def _jsonable(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN/inf; keep them readable
+    return value
+
+
+class MetricsWriter:
+    """Append records ``{"step": ..., ...}`` to a JSONL file and, optionally, TensorBoard.
+
+    Each line is flushed at once, so a killed run loses at most the line being written.
+
+    Args:
+      path: JSONL file (created; appended to).
+      tensorboard_dir: directory for tensorboardX event files, or ``None``.
+      purge_step: on resume, TensorBoard events from this step on are discarded.
+    """
+
+    def __init__(self, path: str, *, tensorboard_dir: str | None = None, purge_step: int | None = None):
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        self.path = path
+        self._file = open(path, "a")  # noqa: SIM115 (closed in close())
+        self._tb = None
+        if tensorboard_dir is not None:
+            import tensorboardX
+
+            self._tb = tensorboardX.SummaryWriter(tensorboard_dir, purge_step=purge_step)
+
+    def write(self, step: int, values: dict, *, prefix: str = "", jsonl: bool = True) -> None:
+        """Log ``values`` at ``step`` (TensorBoard tags get ``prefix``; ``jsonl=False`` writes TensorBoard only)."""
+        if jsonl:
+            record = {"step": int(step), **{k: _jsonable(v) for k, v in values.items()}}
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+        if self._tb is not None:
+            for k, v in values.items():
+                if isinstance(v, int | float):
+                    self._tb.add_scalar(prefix + k, v, int(step))
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+class TimeSplit:
+    """Wall time spent per phase of a run (compiled step, data, mining, eval, checkpoint).
+
+    Example:
+      >>> t = TimeSplit()
+      >>> with t.phase("data"):
+      ...     pass
+      >>> sorted(t.seconds)[:2]
+      ['checkpoint', 'data']
+    """
+
+    def __init__(self):
+        self.seconds = dict.fromkeys(TIME_PHASES, 0.0)
+        self._start = time.perf_counter()
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    @property
+    def total(self) -> float:
+        return time.perf_counter() - self._start
+
+    def summary(self) -> dict[str, float]:
+        """Seconds per phase, ``other`` (host bookkeeping, logging) and ``total``."""
+        total = self.total
+        out = dict(self.seconds)
+        out["other"] = max(total - sum(self.seconds.values()), 0.0)
+        out["total"] = total
+        return out
+
+    def format(self) -> str:
+        s = self.summary()
+        total = max(s["total"], 1e-9)
+        parts = [f"{k} {v:.2f}s ({100 * v / total:.0f}%)" for k, v in s.items() if k != "total"]
+        return f"time split over {s['total']:.2f}s: " + ", ".join(parts)
