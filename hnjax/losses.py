@@ -15,8 +15,8 @@ float32 with ``jax.nn.log_softmax``, over a row of logits whose layout differs b
 All functions are pure and jit-able; static shapes, dtypes and Python hyper-parameters are validated eagerly with a
 ``ValueError`` naming the argument, the expected and the actual value. Inputs may be bfloat16: everything from the
 logits on is computed in float32 and the loss is returned as float32 (float64 inputs stay float64, which the tests use
-for gradient checks). ``reduction="mean"`` (default) averages over
-the batch rows, ``reduction="none"`` returns the per-row losses ``[B]``.
+for gradient checks). ``reduction="mean"`` (default) averages over the batch rows, ``reduction="none"`` returns the
+per-row losses ``[B]``.
 """
 
 from __future__ import annotations
@@ -70,8 +70,10 @@ def _cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array | None 
     if mask is not None:
         logits = jnp.where(mask, logits, -jnp.inf)
     log_probs = jax.nn.log_softmax(logits, axis=-1)  # [B, C]
-    picked = jnp.take_along_axis(log_probs, labels[:, None], axis=-1, mode="fill", fill_value=jnp.nan)  # [B, 1]
-    return -picked[:, 0]
+    picked = jnp.take_along_axis(log_probs, labels[:, None], axis=-1, mode="clip")[:, 0]  # [B]
+    # No negative-index wrap-around and no clipping: a label outside [0, C) is a bug that must show, as NaN.
+    in_range = (labels >= 0) & (labels < logits.shape[-1])
+    return jnp.where(in_range, -picked, jnp.nan)
 
 
 def _reduce(per_row: jax.Array, reduction: str, weights: jax.Array | None = None) -> jax.Array:
@@ -296,13 +298,14 @@ def infonce(
     ``[cos(z1_i, z2_j) for j in 0..N−1] ++ [cos(z1_i, neg_j) for j in 0..M−1]`` divided by τ, label i.
     ``symmetric=True`` averages, per index i, the row-wise loss above and the column-wise loss
     ``−log softmax_j(s_{ji}/τ)[i]`` (view 2 as anchor against all of view 1); it cannot be combined with
-    ``negatives``. Cosines are computed in float32 (eps 1e-8 on the norms, as ``torch.nn.CosineSimilarity``).
+    ``negatives``. Cosines are computed in float32 with each norm clamped at 1e-8 (``torch.nn.CosineSimilarity``
+    clamps the product of the norms instead; the two differ only for near-zero vectors).
 
     Args:
       z1: ``[N, D]`` first view (anchors), floating (bfloat16 allowed). Local rows when ``axis_name`` is given.
       z2: ``[N, D]`` second view (positives), same shape as ``z1``.
       temperature: τ > 0, a Python number (checked) or a scalar array.
-      symmetric: average row-wise and column-wise cross-entropy (CLIP-style).
+      symmetric: average row-wise and column-wise cross-entropy (CLIP-style); a Python bool (static under jit).
       axis_name: mapped axis to all-gather negatives over, or None on one device.
       negatives: optional ``[M, D]`` extra hard negatives (e.g. ``M = N``, one per anchor), shared by all rows and
         all-gathered like ``z2`` under ``axis_name``.
