@@ -476,3 +476,13 @@ def test_encode_pads_last_batch_to_one_shape():
     out = mining.encode(fn, None, {"x": np.arange(10, dtype=np.float32)[:, None]}, batch_size=4, progress=False)
     assert calls == [(4, 1)] * 3
     np.testing.assert_array_equal(out[:, 0], 2 * np.arange(10))
+
+
+def test_auto_backend_is_exact_search_on_cpu(task):
+    assert jax.default_backend() == "cpu" and mining.default_backend(10**6) == "flat"
+    docs, queries, gold, params = task
+    auto = mining.Miner(linear_encoder, docs, queries, gold, recipe="hard", num_negatives=5, progress=False)
+    auto.refresh(params, step=0)
+    s = reference_scores(task)
+    for i, g in enumerate(gold):
+        np.testing.assert_array_equal(auto.table[i], [j for j in np.argsort(-s[i], kind="stable") if j not in g][:5])
