@@ -76,6 +76,23 @@ def test_exact_backends_match_numpy(backend, metric):
     assert scores.dtype == np.float32 and found.dtype == np.int64
 
 
+@pytest.mark.parametrize("metric", ["ip", "cosine"])
+def test_device_exact_sharded_over_devices_equals_numpy(metric):
+    assert jax.device_count() == 8
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((1001, D)).astype(np.float32)  # not a multiple of 8 devices x block
+    q = rng.standard_normal((40, D)).astype(np.float32)
+    mesh = jax.make_mesh((8,), ("data",))
+    sharded = mining.DeviceIndex(metric=metric, corpus_block=50, query_block=16, mesh=mesh).build(x)
+    assert len(sharded._blocks.sharding.device_set) == 8
+    scores, ids = sharded.search(q, 70)  # k larger than a block
+    ref_s, ref_pos = numpy_top_k(q, x, 70, metric)
+    np.testing.assert_array_equal(ids, ref_pos)
+    np.testing.assert_allclose(scores, ref_s, rtol=1e-5, atol=1e-5)
+    single = mining.DeviceIndex(metric=metric, corpus_block=50, query_block=16).build(x)
+    np.testing.assert_array_equal(single.search(q, 70)[1], ids)
+
+
 def test_device_exact_bfloat16_accumulates_in_float32():
     rng = np.random.default_rng(2)
     x = jnp.asarray(rng.standard_normal((500, D)), jnp.bfloat16)

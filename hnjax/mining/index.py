@@ -292,25 +292,21 @@ def _checksum(meta_bytes: bytes, raw: dict) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnames=("k", "cosine", "approx", "recall_target"))
-def _blocked_top_k(queries, blocks, valid, *, k: int, cosine: bool, approx: bool, recall_target: float):
-    """Top-k over corpus blocks without materialising [Q, N].
+def _scan_top_k(queries, blocks, valid, offsets, *, k: int, approx: bool, recall_target: float):
+    """Running top-k over corpus blocks (``lax.scan``): never more than one ``[Bq, Bn]`` score block at a time.
 
     Args:
       queries: ``[Bq, D]``.
-      blocks: corpus ``[nb, Bn, D]`` (already normalised for cosine).
+      blocks: corpus ``[nb, Bn, D]``.
       valid: bool ``[nb, Bn]``, False on padding rows.
+      offsets: int32 ``[nb]``, corpus position of each block's first row.
 
     Returns:
-      scores float32 ``[Bq, k]`` and positions int32 ``[Bq, k]`` (-1 where fewer than k valid rows exist).
+      scores float32 ``[Bq, k]`` (descending) and positions int32 ``[Bq, k]``.
     """
-    if cosine:
-        q32 = queries.astype(jnp.float32)
-        queries = (q32 * jax.lax.rsqrt(jnp.sum(q32 * q32, axis=-1, keepdims=True))).astype(queries.dtype)
-    n_blocks, block, _ = blocks.shape
+    _, block, _ = blocks.shape
     kb = min(k, block)
     bq = queries.shape[0]
-    offsets = jnp.arange(n_blocks, dtype=jnp.int32) * block
 
     def step(carry, xs):
         best_s, best_i = carry  # [Bq, k]
@@ -328,6 +324,45 @@ def _blocked_top_k(queries, blocks, valid, *, k: int, cosine: bool, approx: bool
 
     init = (jnp.full((bq, k), -jnp.inf, jnp.float32), jnp.full((bq, k), -1, jnp.int32))
     (scores, pos), _ = jax.lax.scan(step, init, (blocks, valid, offsets))
+    return scores, pos
+
+
+@functools.partial(jax.jit, static_argnames=("k", "cosine", "approx", "recall_target", "mesh"))
+def _blocked_top_k(
+    queries, blocks, valid, offsets, *, k: int, cosine: bool, approx: bool, recall_target: float, mesh=None
+):
+    """Top-k of ``queries`` [Bq, D] over the corpus blocks, on one device or sharded over ``mesh``'s first axis.
+
+    Sharded: each device scans its own blocks, the per-device top-k lists are all-gathered ([Bq, n_dev·k]) and
+    merged by one more top-k, so only k candidates per query and device cross the interconnect.
+
+    Returns:
+      scores float32 ``[Bq, k]`` and positions int32 ``[Bq, k]`` (-1 where fewer than k valid rows exist).
+    """
+    if cosine:
+        q32 = queries.astype(jnp.float32)
+        queries = (q32 * jax.lax.rsqrt(jnp.sum(q32 * q32, axis=-1, keepdims=True))).astype(queries.dtype)
+    scan = functools.partial(_scan_top_k, k=k, approx=approx, recall_target=recall_target)
+    if mesh is None:
+        scores, pos = scan(queries, blocks, valid, offsets)
+    else:
+        axis = mesh.axis_names[0]
+
+        def local(q, b, v, o):
+            s, p = scan(q, b, v, o)  # [Bq, k] of this device's shard
+            s = jax.lax.all_gather(s, axis, axis=1, tiled=True)  # [Bq, n_dev * k]
+            p = jax.lax.all_gather(p, axis, axis=1, tiled=True)
+            top, where = jax.lax.top_k(s, k)
+            return top, jnp.take_along_axis(p, where, axis=1)
+
+        spec = jax.sharding.PartitionSpec
+        scores, pos = jax.shard_map(
+            local,
+            mesh=mesh,
+            in_specs=(spec(), spec(axis), spec(axis), spec(axis)),
+            out_specs=(spec(), spec()),
+            check_vma=False,  # outputs are identical on every device after the all-gather
+        )(queries, blocks, valid, offsets)
     return scores, jnp.where(jnp.isneginf(scores), -1, pos)
 
 
@@ -355,6 +390,7 @@ class DeviceIndex(Index):
         recall_target: float = 0.95,
         query_block: int = 256,
         corpus_block: int = 16384,
+        mesh: jax.sharding.Mesh | None = None,
     ):
         super().__init__(metric=metric)
         if not 0.0 < recall_target <= 1.0:
@@ -364,7 +400,8 @@ class DeviceIndex(Index):
         self.approx, self.recall_target = bool(approx), float(recall_target)
         self.query_block, self.corpus_block = int(query_block), int(corpus_block)
         self.backend = "approx" if approx else "exact"
-        self._blocks = self._valid = None
+        self.mesh = mesh
+        self._blocks = self._valid = self._offsets = None
 
     def config(self) -> dict:
         cfg = super().config()
@@ -384,11 +421,17 @@ class DeviceIndex(Index):
 
     def _set_blocks(self, x: jax.Array) -> None:
         n = x.shape[0]
-        block = min(self.corpus_block, n)
-        n_blocks = math.ceil(n / block)
+        n_dev = 1 if self.mesh is None else self.mesh.shape[self.mesh.axis_names[0]]
+        block = min(self.corpus_block, -(-n // n_dev))
+        n_blocks = -(-math.ceil(n / block) // n_dev) * n_dev  # a whole number of blocks per device
         pad = n_blocks * block - n
-        self._blocks = jnp.pad(x, ((0, pad), (0, 0))).reshape(n_blocks, block, x.shape[1])
-        self._valid = (jnp.arange(n_blocks * block) < n).reshape(n_blocks, block)
+        blocks = jnp.pad(x, ((0, pad), (0, 0))).reshape(n_blocks, block, x.shape[1])
+        valid = (jnp.arange(n_blocks * block) < n).reshape(n_blocks, block)
+        offsets = jnp.arange(n_blocks, dtype=jnp.int32) * block
+        if self.mesh is not None:
+            shard = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(self.mesh.axis_names[0]))
+            blocks, valid, offsets = jax.device_put((blocks, valid, offsets), shard)
+        self._blocks, self._valid, self._offsets = blocks, valid, offsets
 
     def _search(self, queries, k: int):
         q = jnp.asarray(queries)
@@ -408,10 +451,12 @@ class DeviceIndex(Index):
                 chunk,
                 self._blocks,
                 self._valid,
+                self._offsets,
                 k=k,
                 cosine=self.metric == "cosine",
                 approx=self.approx,
                 recall_target=self.recall_target,
+                mesh=self.mesh,
             )
             out_s.append(s)
             out_i.append(i)
