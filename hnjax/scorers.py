@@ -24,6 +24,8 @@ are concrete (not traced by `jit`/`vmap`/`grad`) this raises a ValueError, unles
 it cannot raise; every such pair then scores exactly `MASKED_SCORE` (-1e30, finite so that a softmax over a row of
 them gives no NaN), and its gradient with respect to every input is zero.
 
+All functions are pure and work under `jax.jit`, `jax.vmap` (over an extra leading axis) and `jax.grad`.
+
 Memory: the similarity tensor of one block of documents is [B, block_size, m, n] in the accumulation dtype; documents
 are processed in blocks of ``block_size`` with `jax.lax.map` and each block is rematerialised in the backward pass
 (`jax.checkpoint`), so peak memory beyond inputs and outputs is O(B·block_size·m·n) floats in both directions,
@@ -60,14 +62,14 @@ def _as_mask(mask, name: str, shape: tuple[int, ...], allow_empty: bool, what: s
     """Validates a mask (None = all real); raises on an all-False row when the mask is concrete."""
     if mask is None:
         return jnp.ones(shape, dtype=bool)
-    if not isinstance(mask, jax.core.Tracer):
+    if not hasattr(mask, "dtype"):
         mask = np.asarray(mask)
     if mask.dtype != np.bool_:
         raise ValueError(f"{name} must have dtype bool (True = real vector), got {mask.dtype}")
     if tuple(mask.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)} (the vectors' shape without D), got {mask.shape}")
-    if not allow_empty and isinstance(mask, np.ndarray) and mask.size:
-        empty = np.argwhere(~mask.any(axis=-1))
+    if not allow_empty and not isinstance(mask, jax.core.Tracer) and mask.size:
+        empty = np.argwhere(~np.asarray(mask).any(axis=-1))  # concrete masks only: a host read, outside any trace
         if empty.size:
             raise ValueError(
                 f"{name} has {len(empty)} {what} with no real vector (all False), first at index "
@@ -325,7 +327,7 @@ def multi_vector(
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= d.shape[-2]:
         raise ValueError(f"n must be an int with 1 <= n <= L = d.shape[-2] = {d.shape[-2]}, got {n!r}")
     if d_mask is not None:
-        d_mask = d_mask if isinstance(d_mask, jax.core.Tracer) else np.asarray(d_mask)
+        d_mask = d_mask if hasattr(d_mask, "shape") else np.asarray(d_mask)
         if tuple(d_mask.shape) != tuple(d.shape[:-1]):
             raise ValueError(f"d_mask must have shape {tuple(d.shape[:-1])} (d without D), got {d_mask.shape}")
         d_mask = d_mask[..., :n]

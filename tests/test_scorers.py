@@ -144,24 +144,16 @@ def test_dual_matches_reference(layout):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("attention", ["hard", "soft"])
-@pytest.mark.parametrize("block_size", [1024, 2])
-def test_late_interaction_matches_reference(layout, attention, block_size):
+def test_late_interaction_and_named_scorers_match_reference(layout, attention):
     q, d, qm, dm = make_case(1, layout)
     want = REFS[attention](q, d, qm, dm)
-    got = jitted(scorers.late_interaction, attention=attention, block_size=block_size)(q, d, qm, dm)
+    got = jitted(scorers.late_interaction, attention=attention)(q, d, qm, dm)
     assert got.dtype == jnp.float32 and got.shape == (3, 5)
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=1e-5)
-    named = jitted(NAMED[attention], block_size=block_size)(q, d, qm, dm)
+    # the named scorer, blocked: 5 documents (candidates) in blocks of 2 = two scanned blocks and a remainder
+    named = jitted(NAMED[attention], block_size=2)(q, d, qm, dm)
+    assert named.dtype == jnp.float32 and named.shape == (3, 5)
     np.testing.assert_allclose(named, want, rtol=RTOL, atol=1e-5)
-
-
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("attention", ["hard", "soft"])
-def test_no_masks_means_all_real(layout, attention):
-    q, d, qm, dm = make_case(2, layout)
-    got = jitted(scorers.late_interaction, attention=attention)(q, d)
-    want = REFS[attention](q, d, np.ones_like(qm), np.ones_like(dm))
-    np.testing.assert_allclose(got, want, rtol=RTOL, atol=1e-5)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -198,10 +190,6 @@ def test_gradients_float64(layout, attention):
         assert f(q, d).dtype == jnp.float64
         np.testing.assert_allclose(f(q, d), REFS[attention](q, d, qm, dm), rtol=1e-12)
         test_util.check_grads(f, (q, d), order=1, modes=["rev"], eps=1e-6)
-        # masked vectors receive exactly zero gradient
-        gq, gd = jax.grad(lambda q, d: jnp.sum(f(q, d) * jnp.arange(1.0, 6.0)), argnums=(0, 1))(q, d)
-        assert np.all(np.asarray(gq)[~qm] == 0) and np.all(np.asarray(gd)[~dm] == 0)
-        assert np.any(np.asarray(gq)[qm] != 0) and np.any(np.asarray(gd)[dm] != 0)
 
 
 def test_dual_gradients_float64():
@@ -297,16 +285,14 @@ def test_poly_with_one_query_vector_is_sum_of_dot_products(seed, layout):
     seed=st.integers(0, 2**31 - 1),
     layout=st.sampled_from(LAYOUTS),
     attention=st.sampled_from(["hard", "soft"]),
-    block_size=st.sampled_from([2, 3]),
 )
-def test_blocked_equals_unblocked(seed, layout, attention, block_size):
-    q, d, qm, dm = make_case(seed, layout)  # 5 documents (candidates): divisible by neither 2 nor 3
-    blocked = jitted(scorers.late_interaction, attention=attention, block_size=block_size)
+def test_blocked_equals_unblocked(seed, layout, attention):
+    # 5 documents (candidates) in blocks of 3: one scanned block and a remainder. Gradients of the blocked path
+    # (blocks of 2) are checked against finite differences in float64 in test_gradients_float64.
+    q, d, qm, dm = make_case(seed, layout)
+    blocked = jitted(scorers.late_interaction, attention=attention, block_size=3)
     plain = jitted(scorers.late_interaction, attention=attention)
     np.testing.assert_allclose(blocked(q, d, qm, dm), plain(q, d, qm, dm), rtol=1e-6, atol=1e-6)
-    got, want = weighted_grad(attention, block_size)(q, d, qm, dm), weighted_grad(attention)(q, d, qm, dm)
-    for g, w in zip(got, want):
-        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -333,13 +319,13 @@ def test_empty_rows_under_jit_score_masked_score_with_zero_gradient(layout, atte
     ref = REFS[attention](q, d, full_qm, full_dm)  # the other pairs are unaffected by the empty rows
     np.testing.assert_allclose(got[~empty], ref[~empty], rtol=RTOL, atol=1e-5)
 
-    def loss(q, d, qm, dm):  # a softmax over each row stays finite, empty pairs get no gradient
-        return -jnp.sum(jax.nn.log_softmax(scorers.late_interaction(q, d, qm, dm, attention), axis=-1)[:, 0])
-
-    value, (gq, gd) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(q, d, qm, dm)
-    assert np.isfinite(value) and np.all(np.isfinite(gq)) and np.all(np.isfinite(gd))
-    assert np.all(np.asarray(gq)[1] == 0)
-    assert np.all(np.asarray(gd)[doc] == 0)
+    # a softmax over each row stays finite (also the all-empty row of query 1)
+    assert np.all(np.isfinite(jax.nn.log_softmax(got, axis=-1)))
+    # empty pairs pass no gradient; the others do, and everything is finite
+    gq, gd = weighted_grad(attention)(q, d, qm, dm)
+    assert np.all(np.isfinite(gq)) and np.all(np.isfinite(gd))
+    assert np.all(np.asarray(gq)[1] == 0) and np.all(np.asarray(gd)[doc] == 0)
+    assert np.all(np.abs(np.asarray(gq)[[0, 2]]).sum(-1)[qm[[0, 2]]] > 0)
 
 
 @pytest.mark.parametrize("fn", [scorers.sum_of_max, scorers.poly])
@@ -407,18 +393,16 @@ def test_validation_also_runs_under_jit():
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("fn", ["sum_of_max", "poly", "dual"])
 def test_bfloat16_inputs_give_float32_scores(layout, fn):
-    q, d, qm, dm = make_case(10, layout, D=64)
+    q, d, qm, dm = make_case(10, layout)
     if fn == "dual":
-        args32 = (q[:, 0], d[..., 0, :])
+        args, want = (q[:, 0], d[..., 0, :]), ref_dual(q[:, 0], d[..., 0, :])
     else:
-        args32 = (q, d, qm, dm)
-    args16 = tuple(jnp.asarray(a, jnp.bfloat16) if a.dtype == np.float32 else a for a in args32)
-    f = jitted(getattr(scorers, fn))
-    got, want = f(*args16), f(*args32)
+        args, want = (q, d, qm, dm), REFS["hard" if fn == "sum_of_max" else "soft"](q, d, qm, dm)
+    args16 = tuple(jnp.asarray(a, jnp.bfloat16) if a.dtype == np.float32 else a for a in args)
+    got = jitted(getattr(scorers, fn))(*args16)
     assert got.dtype == jnp.float32
-    # bf16 rounding of the inputs only (accumulation is float32): relative error of a few 1e-3 per product
-    scale = np.abs(np.asarray(want)).max()
-    np.testing.assert_allclose(got, want, atol=3e-2 * scale)
+    # only the inputs are rounded (relative 2^-8 each); the products and sums are float32
+    np.testing.assert_allclose(got, want, atol=2e-2 * np.abs(want).max())
 
 
 def test_vmap_over_an_extra_leading_axis():
@@ -437,18 +421,23 @@ def test_vmap_over_an_extra_leading_axis():
     np.testing.assert_allclose(dual_rows(q[:, 0]), ref_dual(q[:, 0], d[:, 0]), rtol=RTOL, atol=1e-6)
 
 
-@pytest.mark.parametrize("attention", ["hard", "soft"])
-def test_all_pairs_memory_is_bounded_by_the_block(attention):
-    B, N, m, n, D, block = 4, 4096, 16, 16, 8, 128
-    full_bytes = B * N * m * n * 4  # the [B, N, m, n] float32 similarity tensor: 16 MiB
-    q = jax.ShapeDtypeStruct((B, m, D), jnp.float32)
-    d = jax.ShapeDtypeStruct((N, n, D), jnp.float32)
+def temp_bytes_of_gradient(attention, B, N, m, n, D, block_size):
+    """Scratch memory XLA plans for the gradient of Σ scores (all pairs), from the compiled program."""
 
     def loss(q, d):
-        return jnp.sum(scorers.late_interaction(q, d, attention=attention, block_size=block))
+        return jnp.sum(scorers.late_interaction(q, d, attention=attention, block_size=block_size))
 
-    for f in [loss, jax.grad(loss, argnums=(0, 1))]:
-        stats = jax.jit(f).lower(q, d).compile().memory_analysis()
-        if stats is None:
-            pytest.skip("backend gives no memory analysis")
-        assert stats.temp_size_in_bytes < full_bytes / 4, (stats.temp_size_in_bytes, full_bytes)
+    q = jax.ShapeDtypeStruct((B, m, D), jnp.float32)
+    d = jax.ShapeDtypeStruct((N, n, D), jnp.float32)
+    stats = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(q, d).compile().memory_analysis()
+    assert stats is not None, "this backend gives no memory analysis"
+    return stats.temp_size_in_bytes
+
+
+@pytest.mark.parametrize("attention", ["hard", "soft"])
+def test_all_pairs_memory_is_bounded_by_the_block(attention):
+    shape = dict(B=4, N=4096, m=16, n=16, D=8)
+    full_bytes = 4 * 4096 * 16 * 16 * 4  # the [B, N, m, n] float32 similarity tensor: 16 MiB
+    assert temp_bytes_of_gradient(attention, **shape, block_size=128) < full_bytes / 4
+    if attention == "hard":  # control: without blocking the measurement does see the full tensor
+        assert temp_bytes_of_gradient(attention, **shape, block_size=4096) >= full_bytes
