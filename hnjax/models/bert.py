@@ -18,6 +18,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from typing import Any
@@ -376,6 +377,11 @@ def init_params(config: EncoderConfig, key: jax.Array) -> dict:
     Returns:
         Nested dict of float32 arrays, the ``params`` collection of :class:`BertModel`.
     """
+    return flax.core.unfreeze(_init(config, key))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init(config: EncoderConfig, key: jax.Array) -> dict:
+    # One compiled program instead of one dispatch (and compile) per initialiser.
     ids = jnp.zeros((1, 2), jnp.int32)
-    variables = BertModel(config).init({"params": key}, ids, jnp.ones((1, 2), bool))
-    return flax.core.unfreeze(variables["params"])
+    return BertModel(config).init({"params": key}, ids, jnp.ones((1, 2), bool))["params"]
