@@ -146,8 +146,10 @@ class Retriever:
 
         Args:
           params: retriever parameters.
-          batch: ``mention_ids``/``mention_mask`` [B, Lm]; ``entity_ids``/``entity_mask`` [U, Le] (distinct
-            candidate entities); ``cand_index`` [B, K] int into U; optional ``cand_mask`` [B, K] bool,
+          batch: ``mention_ids``/``mention_mask`` [B, Lm]; the candidates either per row, ``cand_ids`` /
+            ``cand_token_mask`` [B, K, Le] (the layout for data parallelism: every array has B rows), or
+            deduplicated, ``entity_ids``/``entity_mask`` [U, Le] (distinct candidate entities) with ``cand_index``
+            [B, K] int into U (one device); optional ``cand_mask`` [B, K] bool,
             ``log_q`` [B, K] (log-q corrected NCE), ``valid`` [B] bool (padding rows of a batch that does not
             divide the device count).
           key: dropout key.
@@ -159,9 +161,17 @@ class Retriever:
         del axis_name
         k_mention, k_entity = jax.random.split(key)
         q, qm = self.encode_mentions(params, batch["mention_ids"], batch["mention_mask"], key=k_mention)
-        d, dm = self.encode_entities(params, batch["entity_ids"], batch["entity_mask"], key=k_entity)
-        idx = batch["cand_index"]  # [B, K]
-        scores = self.score(q, qm, d[idx], dm[idx])  # [B, K]
+        if "cand_ids" in batch:  # per-row layout [B, K, Le]: shards with the mentions over devices
+            b, k, length = batch["cand_ids"].shape
+            d, dm = self.encode_entities(
+                params, batch["cand_ids"].reshape(b * k, length), batch["cand_token_mask"].reshape(b * k, length),
+                key=k_entity,
+            )  # fmt: skip
+            d, dm = d.reshape(b, k, *d.shape[1:]), dm.reshape(b, k, -1)  # [B, K, n, D], [B, K, n]
+        else:  # deduplicated layout: each distinct entity once, [U, Le] + cand_index [B, K]
+            d, dm = self.encode_entities(params, batch["entity_ids"], batch["entity_mask"], key=k_entity)
+            d, dm = d[batch["cand_index"]], dm[batch["cand_index"]]  # [B, K, n, D], [B, K, n]
+        scores = self.score(q, qm, d, dm)  # [B, K]
         per_row = losses.nce(scores, batch.get("cand_mask"), batch.get("log_q"), reduction="none")  # [B]
         valid = batch.get("valid")
         weight = jnp.ones(per_row.shape, jnp.float32) if valid is None else valid.astype(jnp.float32)

@@ -71,7 +71,7 @@ def test_loss_matches_numpy_reference(scorer):
     assert float(aux["count"]) == 3
 
 
-def test_deduplicated_candidates_equal_repeated_entities():
+def test_candidate_layouts_agree():
     ret, params = _make("som")
     rng = np.random.default_rng(1)
     m_ids, m_mask = _tokens(rng, 2, 6)
@@ -80,6 +80,7 @@ def test_deduplicated_candidates_equal_repeated_entities():
     dedup = dict(mention_ids=m_ids, mention_mask=m_mask, entity_ids=e_ids, entity_mask=e_mask, cand_index=cand)
     flat = cand.reshape(-1)
     repeated = dict(dedup, entity_ids=e_ids[flat], entity_mask=e_mask[flat], cand_index=np.arange(6).reshape(2, 3))
+    per_row = dict(mention_ids=m_ids, mention_mask=m_mask, cand_ids=e_ids[cand], cand_token_mask=e_mask[cand])
     for batch_ in (dedup, repeated):
         batch_["cand_index"] = batch_["cand_index"].astype(np.int32)
     # deterministic towers (no dropout) so that the two layouts see the same entity vectors
@@ -88,7 +89,9 @@ def test_deduplicated_candidates_equal_repeated_entities():
     no_dropout = R.Retriever(bert.BertModel(cfg0), ret.config)
     a = no_dropout.loss(params, dedup, key)[0]
     b = no_dropout.loss(params, repeated, key)[0]
+    c = no_dropout.loss(params, per_row, key)[0]
     np.testing.assert_allclose(float(a), float(b), rtol=1e-6)
+    np.testing.assert_allclose(float(a), float(c), rtol=1e-6)
 
 
 def test_valid_rows_and_gradients_reach_both_towers():
