@@ -1,0 +1,172 @@
+"""Encoder forward throughput: hnjax (jit, float32 and bfloat16 compute) vs PyTorch transformers, same run.
+
+Every implementation encodes the same batch ([CLS] + random word pieces + [SEP], no padding, every sequence
+``--max-length`` tokens) with the same checkpoint. hnjax's compile time is reported apart from its steady-state
+throughput; PyTorch runs eagerly (compile_s is null) after ``--warmup`` untimed calls. PyTorch is imported here only,
+as the baseline; hnjax never imports it.
+
+Run (from the repository root):
+
+    python experiments/bench_encoder.py --batch-size 32 --max-length 128 --steps 10 --out results/bench_encoder.json
+
+Output JSON: {"rows": [{"impl", "dtype", "seq_per_s", "compile_s", "seconds", "max_abs_diff_vs_torch_fp32"}, ...],
+"meta": {...}} with the machine, thread counts and load averages (a shared machine makes figures noisy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hnjax import models
+
+IMPLS = ("hnjax-fp32", "hnjax-bf16", "torch-fp32", "torch-bf16")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", default="all-MiniLM-L6-v2", help="checkpoint directory or known name")
+    parser.add_argument("--batch-size", type=int, default=32, help="sequences per forward pass")
+    parser.add_argument("--max-length", type=int, default=128, help="tokens per sequence (all real, no padding)")
+    parser.add_argument("--steps", type=int, default=10, help="timed forward passes per implementation")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed forward passes before timing")
+    parser.add_argument(
+        "--impls", default=",".join(IMPLS), help=f"comma-separated subset of {','.join(IMPLS)} (run in this order)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random token ids")
+    parser.add_argument("--out", default="bench_encoder.json", help="output JSON file")
+    args = parser.parse_args(argv)
+    for name in ("batch_size", "max_length", "steps"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(args, name)}")
+    unknown = set(args.impls.split(",")) - set(IMPLS)
+    if unknown:
+        parser.error(f"--impls: unknown {sorted(unknown)}; expected a subset of {IMPLS}")
+    return args
+
+
+def make_batch(config: models.EncoderConfig, batch_size: int, max_length: int, seed: int):
+    """[CLS] w_1 … w_{L-2} [SEP] with random word-piece ids (BERT vocabulary layout; RoBERTa uses 0 and 2)."""
+    if max_length > config.max_length:
+        raise ValueError(f"--max-length: expected at most {config.max_length} for this checkpoint, got {max_length}")
+    rng = np.random.default_rng(seed)
+    bos, eos, low = (0, 2, 4) if config.model_type == "roberta" else (101, 102, 1000)
+    ids = rng.integers(low, config.vocab_size, size=(batch_size, max_length)).astype(np.int32)
+    ids[:, 0], ids[:, -1] = bos, eos
+    return ids, np.ones_like(ids, dtype=bool)
+
+
+def time_steps(fn, steps: int) -> float:
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return time.perf_counter() - start
+
+
+def bench_hnjax(checkpoint, dtype, ids, mask, args):
+    model, params = models.from_pretrained(checkpoint, dtype=dtype)
+    forward = jax.jit(lambda p, i, m: model.apply({"params": p}, i, m))
+    ids_d, mask_d = jnp.asarray(ids), jnp.asarray(mask)
+    start = time.perf_counter()
+    compiled = forward.lower(params, ids_d, mask_d).compile()
+    compile_s = time.perf_counter() - start
+    out = None
+    for _ in range(args.warmup):
+        out = compiled(params, ids_d, mask_d).block_until_ready()
+    seconds = time_steps(lambda: compiled(params, ids_d, mask_d).block_until_ready(), args.steps)
+    if out is None:
+        out = compiled(params, ids_d, mask_d)
+    return compile_s, seconds, np.asarray(out)
+
+
+def bench_torch(checkpoint, dtype, ids, mask, args):
+    import torch
+    import transformers
+
+    model = transformers.AutoModel.from_pretrained(str(models.resolve_checkpoint(checkpoint))).eval()
+    model = model.to(torch.bfloat16 if dtype == "bf16" else torch.float32)
+    ids_t, mask_t = torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(mask.astype(np.int64))
+    with torch.inference_mode():
+
+        def step():
+            return model(input_ids=ids_t, attention_mask=mask_t).last_hidden_state
+
+        out = None
+        for _ in range(args.warmup):
+            out = step()
+        seconds = time_steps(step, args.steps)
+        if out is None:
+            out = step()
+    return None, seconds, out.float().numpy()
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    config = models.EncoderConfig.from_json(models.resolve_checkpoint(args.checkpoint))
+    ids, mask = make_batch(config, args.batch_size, args.max_length, args.seed)
+    load_start = os.getloadavg()
+    rows, outputs = [], {}
+    for impl in args.impls.split(","):
+        family, dtype = impl.split("-")
+        logging.info("%s: batch %d × %d tokens, %d steps", impl, args.batch_size, args.max_length, args.steps)
+        if family == "hnjax":
+            compile_s, seconds, out = bench_hnjax(
+                args.checkpoint, jnp.bfloat16 if dtype == "bf16" else jnp.float32, ids, mask, args
+            )
+        else:
+            compile_s, seconds, out = bench_torch(args.checkpoint, dtype, ids, mask, args)
+        outputs[impl] = out
+        row = {
+            "impl": family,
+            "dtype": dtype,
+            "seq_per_s": args.batch_size * args.steps / seconds,
+            "compile_s": compile_s,
+            "seconds": seconds,
+        }
+        rows.append(row)
+        logging.info("%s: %.1f sequences/s (compile %s s)", impl, row["seq_per_s"], compile_s)
+    reference = outputs.get("torch-fp32")
+    for impl, row in zip(outputs, rows, strict=True):
+        row["max_abs_diff_vs_torch_fp32"] = (
+            None if reference is None else float(np.abs(outputs[impl] - reference).max())
+        )
+    import torch  # baseline only, for its thread count
+
+    meta = {
+        "checkpoint": args.checkpoint,
+        "batch_size": args.batch_size,
+        "max_length": args.max_length,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "jax_backend": jax.default_backend(),
+        "jax_devices": [str(d) for d in jax.devices()],
+        "jax_version": jax.__version__,
+        "torch_version": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "loadavg_start": load_start,
+        "loadavg_end": os.getloadavg(),
+    }
+    directory = os.path.dirname(os.path.abspath(args.out))
+    os.makedirs(directory, exist_ok=True)
+    with open(args.out, "w", encoding="utf-8") as f:
+        json.dump({"rows": rows, "meta": meta}, f, indent=2)
+        f.write("\n")
+    for row in rows:
+        logging.info("%s", json.dumps(row))
+    logging.info("wrote %s", args.out)
+
+
+if __name__ == "__main__":
+    main()
