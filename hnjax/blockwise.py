@@ -330,6 +330,8 @@ def blockwise_inbatch_ce(
     positives = jnp.asarray(positives)
     if positives.shape != (n_rows,) or not jnp.issubdtype(positives.dtype, jnp.integer):
         raise ValueError(f"positives must be an int array of shape ({n_rows},), got {positives.dtype}{positives.shape}")
+    # Tiles never exceed the arrays: no compute is spent on padding when B or N is below the block size.
+    row_block_size, block_size = min(row_block_size, n_rows), min(block_size, n_cols)
     return _inbatch_ce(score_fn, logit_fn, row_block_size, block_size, q, d, positives.astype(jnp.int32))
 
 
@@ -365,29 +367,36 @@ def _focal_logits(scores: jax.Array, is_pos: jax.Array, *, temperature: float, m
     return jnp.where(is_pos, scores * scores, scores * (scores + margin)) / temperature
 
 
-def _gathered_ce(z1, z2, logit_fn, block_size, row_block_size, axis_name, symmetric):
-    """Mean CE of local rows against (gathered) columns; with ``axis_name``, the global-batch mean on every device."""
+def _gathered_ce(z1, z2, logit_fn, block_size, row_block_size, axis_name, symmetric, negatives, reduction):
+    """CE of local rows against (gathered) columns: the global-batch mean on every device, or local per-row losses."""
     q, d = _normalize(z1), _normalize(z2)
     n_local = q.shape[0]
     if axis_name is None:
-        offset = 0
+        offset, n_devices = 0, 1
         gather = lambda x: x
     else:
-        offset = jax.lax.axis_index(axis_name) * n_local
+        offset, n_devices = jax.lax.axis_index(axis_name) * n_local, jax.lax.axis_size(axis_name)
         gather = functools.partial(jax.lax.all_gather, axis_name=axis_name, tiled=True)
     positives = offset + jnp.arange(n_local, dtype=jnp.int32)
     directions = [(q, d), (d, q)] if symmetric else [(q, d)]
-    total = 0.0
-    n_global = None
+    per_row = 0.0
     for rows, cols in directions:
         cols = gather(cols)  # [N, D], N = B × devices
-        n_global = cols.shape[0]
-        losses = blockwise_inbatch_ce(
+        if negatives is not None:
+            cols = jnp.concatenate([cols, gather(_normalize(negatives))])  # [N + M, D]
+        per_row = per_row + blockwise_inbatch_ce(
             rows, cols, dot_scores, logit_fn, positives=positives, block_size=block_size, row_block_size=row_block_size
         )
-        total = total + jnp.sum(losses)
-    loss = total / (n_global * len(directions))
+    per_row = per_row / len(directions)  # [B]
+    if reduction == "none":
+        return per_row
+    loss = jnp.sum(per_row) / (n_local * n_devices)
     return loss if axis_name is None else jax.lax.psum(loss, axis_name)
+
+
+def _check_reduction(reduction: str) -> None:
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
 
 
 def blockwise_infonce(
@@ -399,11 +408,16 @@ def blockwise_infonce(
     block_size: int = _DEFAULT_BLOCK,
     row_block_size: int | None = None,
     axis_name: str | None = None,
+    negatives: jax.typing.ArrayLike | None = None,
+    reduction: str = "mean",
 ) -> jax.Array:
     """In-batch InfoNCE over cosine similarities, blockwise (never holds the N×N matrix); equals ``losses.infonce``.
 
     s_ij = cos(z1_i, z2_j)
     L = −(1/N) Σ_i log softmax_j(s_ij / τ)_i        (symmetric: mean of this and the same with z1, z2 swapped)
+
+    With ``negatives`` [M, D], row i's logits are ``[cos(z1_i, z2_j)]_j ++ [cos(z1_i, neg_k)]_k`` / τ (SimCSE's
+    supervised hard negatives, shared by all rows), label i.
 
     Inputs are normalised in float32 outside the custom VJP, so autodiff handles the normalisation.
 
@@ -417,9 +431,12 @@ def blockwise_infonce(
         axis_name: mesh axis inside ``shard_map``/``pmap``: z2 (and z1 when symmetric) are all-gathered as
             negatives, each device's rows have their positive at column ``axis_index × B + i``, and every device
             returns the global-batch mean (N = B × devices).
+        negatives: optional [M, D] extra hard negatives appended as columns (all-gathered like z2 under
+            ``axis_name``); not with ``symmetric``.
+        reduction: ``"mean"`` (global-batch mean) or ``"none"`` (local per-row losses [B]).
 
     Returns:
-        Scalar float32 loss.
+        Scalar float32 loss, or [B] per-row losses with ``reduction="none"``.
 
     Example:
         >>> z = jax.random.normal(jax.random.key(0), (8, 16))
@@ -432,8 +449,21 @@ def blockwise_infonce(
     z1, z2 = jnp.asarray(z1), jnp.asarray(z2)
     _check_pair(z1, z2)
     temperature = _check_positive_float("temperature", temperature)
+    _check_reduction(reduction)
+    if negatives is not None:
+        negatives = jnp.asarray(negatives)
+        if (
+            negatives.ndim != 2
+            or negatives.shape[1] != z1.shape[1]
+            or not jnp.issubdtype(negatives.dtype, jnp.floating)
+        ):
+            raise ValueError(
+                f"negatives must be a floating [M, D={z1.shape[1]}] array, got {negatives.dtype}{negatives.shape}"
+            )
+        if symmetric:
+            raise ValueError("symmetric must be False when negatives are given (no column-wise loss), got True")
     logit_fn = functools.partial(_infonce_logits, temperature=temperature)
-    return _gathered_ce(z1, z2, logit_fn, block_size, row_block_size, axis_name, bool(symmetric))
+    return _gathered_ce(z1, z2, logit_fn, block_size, row_block_size, axis_name, bool(symmetric), negatives, reduction)
 
 
 def blockwise_focal_infonce(
@@ -445,6 +475,7 @@ def blockwise_focal_infonce(
     block_size: int = _DEFAULT_BLOCK,
     row_block_size: int | None = None,
     axis_name: str | None = None,
+    reduction: str = "mean",
 ) -> jax.Array:
     """Focal-InfoNCE (Hou & Li 2023), blockwise; equals ``losses.focal_infonce``.
 
@@ -459,9 +490,10 @@ def blockwise_focal_infonce(
         block_size: columns per tile.
         row_block_size: rows per tile; default ``block_size``.
         axis_name: as in :func:`blockwise_infonce` (z2 gathered; global-batch mean on every device).
+        reduction: ``"mean"`` (global-batch mean) or ``"none"`` (local per-row losses [B]).
 
     Returns:
-        Scalar float32 loss.
+        Scalar float32 loss, or [B] per-row losses with ``reduction="none"``.
 
     Example:
         >>> z = jax.random.normal(jax.random.key(0), (8, 16))
@@ -476,5 +508,6 @@ def blockwise_focal_infonce(
     temperature = _check_positive_float("temperature", temperature)
     if isinstance(margin, bool) or not isinstance(margin, (int, float, np.floating, np.integer)):
         raise ValueError(f"margin must be a Python float, got {margin!r}")
+    _check_reduction(reduction)
     logit_fn = functools.partial(_focal_logits, temperature=temperature, margin=float(margin))
-    return _gathered_ce(z1, z2, logit_fn, block_size, row_block_size, axis_name, False)
+    return _gathered_ce(z1, z2, logit_fn, block_size, row_block_size, axis_name, False, None, reduction)

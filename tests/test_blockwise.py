@@ -218,6 +218,39 @@ def test_matches_hnjax_losses():
         assert_close(g2, w2)
 
 
+def ref_infonce_negatives(z1, z2, neg, tau=0.05):
+    """float64 per-row loss with hard negatives appended as columns: [cos(z1, z2) | cos(z1, neg)] / τ, label i."""
+    z1, z2, neg = (np.asarray(x, np.float64) for x in (z1, z2, neg))
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
+    logits = np.concatenate([unit(z1) @ unit(z2).T, unit(z1) @ unit(neg).T], axis=1) / tau
+    return -np.diag(np_log_softmax(logits)[:, : z1.shape[0]])
+
+
+def dense_infonce_negatives(z1, z2, neg, tau=0.05):
+    unit = lambda x: x / jnp.linalg.norm(x, axis=1, keepdims=True)
+    logits = jnp.concatenate([unit(z1) @ unit(z2).T, unit(z1) @ unit(neg).T], axis=1) / tau
+    return -jnp.mean(jnp.diag(jax.nn.log_softmax(logits, axis=1)[:, : z1.shape[0]]))
+
+
+def test_hard_negatives_and_reduction_none():
+    z1, z2 = views(13, 21, 8)
+    neg = z1[::-1] + 0.5  # one hard negative per anchor, related to the anchors
+    fn = functools.partial(blockwise.blockwise_infonce, block_size=8, row_block_size=5)
+    per_row = jax.jit(functools.partial(fn, reduction="none"))(z1, z2, negatives=neg)
+    np.testing.assert_allclose(per_row, ref_infonce_negatives(z1, z2, neg), rtol=RTOL)
+    got = jax.jit(jax.value_and_grad(lambda a, b, n: fn(a, b, negatives=n), argnums=(0, 1, 2)))(z1, z2, neg)
+    want = jax.jit(jax.value_and_grad(dense_infonce_negatives, argnums=(0, 1, 2)))(z1, z2, neg)
+    np.testing.assert_allclose(got[0], ref_infonce_negatives(z1, z2, neg).mean(), rtol=RTOL)
+    for g, w in zip(got[1], want[1]):
+        assert_close(g, w)
+    with pytest.raises(ValueError, match="symmetric"):
+        fn(z1, z2, negatives=neg, symmetric=True)
+    with pytest.raises(ValueError, match="negatives"):
+        fn(z1, z2, negatives=neg[:, :3])
+    with pytest.raises(ValueError, match="reduction"):
+        fn(z1, z2, reduction="sum")
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # general blockwise_inbatch_ce: multi-vector scores, explicit positives, masks
 # ----------------------------------------------------------------------------------------------------------------
@@ -269,6 +302,36 @@ def test_multi_vector_sum_of_max(block, row_block):
     assert_close(gq, wq)
     assert_close(gd, wd)
     np.testing.assert_array_equal(np.asarray(gd)[2], 0.0)
+
+
+def scorers_sum_of_max(q, d):
+    from hnjax import scorers
+
+    return scorers.sum_of_max(q[0], d[0], q[1], d[1])
+
+
+def test_multi_vector_with_hnjax_scorers_sum_of_max():
+    """The library's all-pairs sum_of_max plugs in as the tile score function."""
+    r = np.random.default_rng(17)
+    b, m, n, d, tau = 10, 3, 4, 5, 0.5
+    qv, dv = jnp.float32(r.normal(size=(b, m, d))), jnp.float32(r.normal(size=(b, n, d)))
+    qm, dm = r.random((b, m)) < 0.7, r.random((b, n)) < 0.7
+    qm[:, 0], dm[:, 0] = True, True
+    logit = functools.partial(lambda s, pos, t: s / t, t=tau)
+
+    def blocked(qv, dv):
+        q, dd = (qv, jnp.asarray(qm)), (dv, jnp.asarray(dm))
+        return blockwise.blockwise_inbatch_ce(q, dd, scorers_sum_of_max, logit, block_size=4, row_block_size=3).mean()
+
+    def dense(qv, dv):
+        s = dense_sum_of_max(qv, jnp.asarray(qm), dv, jnp.asarray(dm)) / tau
+        return -jnp.mean(jnp.diag(jax.nn.log_softmax(s, axis=1)))
+
+    lg, gg = jax.jit(jax.value_and_grad(blocked, argnums=(0, 1)))(qv, dv)
+    lw, gw = jax.jit(jax.value_and_grad(dense, argnums=(0, 1)))(qv, dv)
+    np.testing.assert_allclose(lg, ref_ce(ref_sum_of_max(np.asarray(qv), qm, np.asarray(dv), dm) / tau), rtol=RTOL)
+    for g, w in zip(gg, gw):
+        assert_close(g, w)
 
 
 def test_sum_of_max_scores_matches_reference():
@@ -353,6 +416,21 @@ def test_sharded_equals_global_batch(fn, kind, symmetric):
     np.testing.assert_allclose(loss, want, rtol=RTOL)
     assert_close(g1, w1)
     assert_close(g2, w2)
+
+
+def test_sharded_hard_negatives_equal_global_batch():
+    """Gathered hard negatives keep each row's label on its own positive (the label-shift trap of LESSONS 3)."""
+    mesh = data_mesh()
+    z1, z2 = views(14, 8 * 3, 6)
+    neg = z2[::-1] * 0.9 + 0.2  # 3 per device, one per anchor
+    fn = lambda a, b, n: blockwise.blockwise_infonce(a, b, negatives=n, block_size=5, axis_name="data")
+    sharded = jax.shard_map(fn, mesh=mesh, in_specs=(P("data"), P("data"), P("data")), out_specs=P())
+    args = on_mesh(mesh, P("data"), z1, z2, neg)
+    loss, grads = jax.jit(jax.value_and_grad(sharded, argnums=(0, 1, 2)))(*args)
+    want, wgrads = jax.jit(jax.value_and_grad(dense_infonce_negatives, argnums=(0, 1, 2)))(z1, z2, neg)
+    np.testing.assert_allclose(loss, ref_infonce_negatives(z1, z2, neg).mean(), rtol=RTOL)
+    for g, w in zip(grads, wgrads):
+        assert_close(g, w)
 
 
 def test_sharded_gradient_taken_inside_shard_map():
