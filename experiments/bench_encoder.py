@@ -10,7 +10,8 @@ Run (from the repository root):
     python experiments/bench_encoder.py --batch-size 32 --max-length 128 --steps 10 --out results/bench_encoder.json
 
 Output JSON: {"rows": [{"impl", "dtype", "seq_per_s", "compile_s", "seconds", "max_abs_diff_vs_torch_fp32"}, ...],
-"meta": {...}} with the machine, thread counts and load averages (a shared machine makes figures noisy).
+"parity_padded_batch": {impl: max |Δ| vs torch-fp32 on a copy of the batch with random lengths and padding}, "meta":
+{...}} with the machine, thread counts and load averages (a shared machine makes figures noisy).
 """
 
 from __future__ import annotations
@@ -64,6 +65,17 @@ def make_batch(config: models.EncoderConfig, batch_size: int, max_length: int, s
     return ids, np.ones_like(ids, dtype=bool)
 
 
+def pad_copy(ids: np.ndarray, mask: np.ndarray, pad_id: int, eos: int, seed: int):
+    """The same batch with random lengths in [2, L] (sequence ends with [SEP], then padding): a parity check input."""
+    rng = np.random.default_rng(seed + 1)
+    lengths = rng.integers(2, ids.shape[1] + 1, size=ids.shape[0])
+    lengths[0] = ids.shape[1]  # at least one full-length row
+    mask = np.arange(ids.shape[1])[None, :] < lengths[:, None]
+    ids = np.where(mask, ids, pad_id).astype(np.int32)
+    ids[np.arange(len(ids)), lengths - 1] = eos
+    return ids, mask
+
+
 def time_steps(fn, steps: int) -> float:
     start = time.perf_counter()
     for _ in range(steps):
@@ -71,7 +83,7 @@ def time_steps(fn, steps: int) -> float:
     return time.perf_counter() - start
 
 
-def bench_hnjax(checkpoint, dtype, ids, mask, args):
+def bench_hnjax(checkpoint, dtype, ids, mask, padded, args):
     model, params = models.from_pretrained(checkpoint, dtype=dtype)
     forward = jax.jit(lambda p, i, m: model.apply({"params": p}, i, m))
     ids_d, mask_d = jnp.asarray(ids), jnp.asarray(mask)
@@ -84,10 +96,11 @@ def bench_hnjax(checkpoint, dtype, ids, mask, args):
     seconds = time_steps(lambda: compiled(params, ids_d, mask_d).block_until_ready(), args.steps)
     if out is None:
         out = compiled(params, ids_d, mask_d)
-    return compile_s, seconds, np.asarray(out)
+    out_padded = compiled(params, jnp.asarray(padded[0]), jnp.asarray(padded[1]))  # same shape: no recompile
+    return compile_s, seconds, np.asarray(out), np.asarray(out_padded)
 
 
-def bench_torch(checkpoint, dtype, ids, mask, args):
+def bench_torch(checkpoint, dtype, ids, mask, padded, args):
     import torch
     import transformers
 
@@ -105,7 +118,16 @@ def bench_torch(checkpoint, dtype, ids, mask, args):
         seconds = time_steps(step, args.steps)
         if out is None:
             out = step()
-    return None, seconds, out.float().numpy()
+        ids_p, mask_p = (torch.from_numpy(x.astype(np.int64)) for x in padded)
+        out_padded = model(input_ids=ids_p, attention_mask=mask_p).last_hidden_state
+    return None, seconds, out.float().numpy(), out_padded.float().numpy()
+
+
+def mean_normalised(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Sentence-transformers' embedding in float64: masked mean of token states, L2-normalised. [B, D]."""
+    m = mask[..., None].astype(np.float64)
+    v = (hidden.astype(np.float64) * m).sum(1) / np.maximum(m.sum(1), 1e-9)
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
 
 
 def main(argv=None) -> None:
@@ -113,18 +135,19 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     config = models.EncoderConfig.from_json(models.resolve_checkpoint(args.checkpoint))
     ids, mask = make_batch(config, args.batch_size, args.max_length, args.seed)
+    padded = pad_copy(ids, mask, config.pad_token_id, int(ids[0, -1]), args.seed)
     load_start = os.getloadavg()
-    rows, outputs = [], {}
+    rows, outputs, outputs_padded = [], {}, {}
     for impl in args.impls.split(","):
         family, dtype = impl.split("-")
         logging.info("%s: batch %d × %d tokens, %d steps", impl, args.batch_size, args.max_length, args.steps)
         if family == "hnjax":
-            compile_s, seconds, out = bench_hnjax(
-                args.checkpoint, jnp.bfloat16 if dtype == "bf16" else jnp.float32, ids, mask, args
+            compile_s, seconds, out, out_padded = bench_hnjax(
+                args.checkpoint, jnp.bfloat16 if dtype == "bf16" else jnp.float32, ids, mask, padded, args
             )
         else:
-            compile_s, seconds, out = bench_torch(args.checkpoint, dtype, ids, mask, args)
-        outputs[impl] = out
+            compile_s, seconds, out, out_padded = bench_torch(args.checkpoint, dtype, ids, mask, padded, args)
+        outputs[impl], outputs_padded[impl] = out, out_padded
         row = {
             "impl": family,
             "dtype": dtype,
@@ -139,6 +162,19 @@ def main(argv=None) -> None:
         row["max_abs_diff_vs_torch_fp32"] = (
             None if reference is None else float(np.abs(outputs[impl] - reference).max())
         )
+    parity = {}
+    reference = outputs_padded.get("torch-fp32")
+    if reference is not None:
+        real = padded[1]
+        for impl, out in outputs_padded.items():
+            parity[impl] = {
+                "max_abs_diff_all_positions": float(np.abs(out - reference).max()),
+                "max_abs_diff_real_tokens": float(np.abs(out - reference)[real].max()),
+                "max_abs_diff_mean_pooled_normalised": float(
+                    np.abs(mean_normalised(out, real) - mean_normalised(reference, real)).max()
+                ),
+            }
+            logging.info("parity on the padded batch, %s vs torch-fp32: %s", impl, json.dumps(parity[impl]))
     import torch  # baseline only, for its thread count
 
     meta = {
@@ -157,11 +193,12 @@ def main(argv=None) -> None:
         "processor": platform.processor(),
         "loadavg_start": load_start,
         "loadavg_end": os.getloadavg(),
+        "padded_batch_lengths": padded[1].sum(axis=1).tolist(),
     }
     directory = os.path.dirname(os.path.abspath(args.out))
     os.makedirs(directory, exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:
-        json.dump({"rows": rows, "meta": meta}, f, indent=2)
+        json.dump({"rows": rows, "parity_padded_batch": parity, "meta": meta}, f, indent=2)
         f.write("\n")
     for row in rows:
         logging.info("%s", json.dumps(row))
