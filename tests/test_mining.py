@@ -481,6 +481,13 @@ def test_miner_validates_inputs(task):
         mining.Miner(linear_encoder, docs[:10], queries, [{0, 1}] * 80, index="flat", num_negatives=9)
     with pytest.raises(ValueError, match="recipe.kind"):
         mining.Recipe("hardest")
+    with pytest.raises(ValueError, match="metric"):
+        mining.Miner(linear_encoder, docs, queries, gold, index="flat", num_negatives=4, metric="l2")
+    single = mining.Miner(
+        lambda p, b: b, docs, docs[:50], list(range(50)), index="flat", recipe="hard", num_negatives=4, progress=False
+    )  # fmt: skip  (one int gold per query)
+    single.refresh(None, step=0)
+    assert not (single.table == np.arange(50)[:, None]).any()
 
 
 def test_encode_pads_last_batch_to_one_shape():

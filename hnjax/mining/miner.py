@@ -196,6 +196,13 @@ def uniform_excluding(rng: np.random.Generator, n_docs: int, excluded: np.ndarra
     return x + np.searchsorted(excl - np.arange(len(excl)), x, side="right")
 
 
+def _gold_ids(g) -> np.ndarray:
+    """One query's gold ids (an int, or a set / list / array of ints) as sorted unique int64 [G]."""
+    if isinstance(g, (set, frozenset)):
+        g = sorted(g)
+    return np.unique(np.asarray(g, np.int64).reshape(-1))
+
+
 @dataclasses.dataclass(frozen=True)
 class _Mined:
     table: np.ndarray  # int32 [Q, K-1]
@@ -217,7 +224,7 @@ class Miner:
       corpus: documents, as a sequence of batches or an array / dict of arrays with leading dimension N (see
         ``encode``). Document ids are positions 0..N−1.
       queries: training queries, same forms as ``corpus``.
-      gold: one collection of gold document ids per query (several allowed; all are excluded from the negatives).
+      gold: per query, its gold document id or a collection of them (all are excluded from the negatives).
       index: a backend name for ``make_index`` (``"auto"``: see ``default_backend``) or an unbuilt ``Index``
         (a ``MultiVectorIndex`` for multi-vector encoders; ``"auto"`` wraps the default backend in one).
       recipe: a ``Recipe`` or its kind as a string.
@@ -271,6 +278,7 @@ class Miner:
             raise ValueError(f"num_negatives: expected a positive int, got {num_negatives!r}")
         if refresh_every is not None and refresh_every < 1:
             raise ValueError(f"refresh_every: expected None or >= 1 steps, got {refresh_every}")
+        index_lib._check_metric(metric)
         self.encode_fn, self.query_encode_fn = encode_fn, query_encode_fn or encode_fn
         self.corpus, self.queries = corpus, queries
         self.num_negatives = int(num_negatives)
@@ -280,7 +288,7 @@ class Miner:
 
         self.n_docs = _leading(corpus)
         self.n_queries = len(gold)
-        self._gold = [np.unique(np.asarray(list(g), np.int64)) for g in gold]
+        self._gold = [_gold_ids(g) for g in gold]
         n_q = _leading(queries)
         if n_q is not None and n_q != self.n_queries:
             raise ValueError(f"gold: expected one gold set per query ({n_q} queries), got {self.n_queries}")
