@@ -58,10 +58,10 @@ def _as_vectors(x, name: str, ranks: tuple[int, ...], layouts: str) -> jax.Array
     return x
 
 
-def _as_mask(mask, name: str, shape: tuple[int, ...], allow_empty: bool, what: str) -> jax.Array:
-    """Validates a mask (None = all real); raises on an all-False row when the mask is concrete."""
+def _as_mask(mask, name: str, shape: tuple[int, ...], allow_empty: bool, what: str) -> jax.Array | None:
+    """Validates a mask (None = all real, kept None); raises on an all-False row when the mask is concrete."""
     if mask is None:
-        return jnp.ones(shape, dtype=bool)
+        return None
     if not hasattr(mask, "dtype"):
         mask = np.asarray(mask)
     if mask.dtype != np.bool_:
@@ -90,7 +90,7 @@ def _acc_dtype(*dtypes) -> jnp.dtype:
 
 
 def _validate_pair(q, d, q_mask, d_mask, allow_empty: bool):
-    """Common validation of late-interaction inputs; returns arrays and masks (all-True where None)."""
+    """Common validation of late-interaction inputs; returns arrays and masks (None stays None: all real)."""
     q = _as_vectors(q, "q", (3,), "[B, m, D]")
     d = _as_vectors(d, "d", (3, 4), "[N, n, D] all pairs or [B, K, n, D] paired")
     if q.shape[-1] != d.shape[-1]:
@@ -109,54 +109,75 @@ def _validate_pair(q, d, q_mask, d_mask, allow_empty: bool):
 
 
 def _reduce_hard(sim, qm, dm):
-    """Σ_i max_j sim over real i, j. sim [B, C, m, n]; qm [B, 1, m]; dm [B or 1, C, n] -> [B, C]."""
-    neg = jnp.finfo(sim.dtype).min
-    best = jnp.max(jnp.where(dm[:, :, None, :], sim, neg), axis=-1)  # [B, C, m]
-    keep = qm & jnp.any(dm, axis=-1, keepdims=True)  # an empty document would give `neg` rows: keep them out
-    return jnp.sum(jnp.where(keep, best, 0), axis=-1)
+    """Σ_i max_j sim over real i, j. sim [B, C, m, n]; qm [B, 1, m]; dm [B or 1, C, n] -> [B, C] (None = all real)."""
+    if dm is not None:
+        sim = jnp.where(dm[:, :, None, :], sim, jnp.finfo(sim.dtype).min)
+    best = jnp.max(sim, axis=-1)  # [B, C, m]
+    if qm is not None:
+        best = jnp.where(qm, best, 0)
+    if dm is not None:  # an empty document gives finfo.min maxima: keep them out of the sum (no overflow)
+        best = jnp.where(jnp.any(dm, axis=-1, keepdims=True), best, 0)
+    return jnp.sum(best, axis=-1)
 
 
 def _reduce_soft(sim, qm, dm):
     """Σ_j Σ_i softmax_i(sim_ij) sim_ij over real i, j; equals Σ_j ⟨d_j, Σ_i softmax_i(⟨d_j, q_i⟩) q_i⟩."""
-    neg = jnp.finfo(sim.dtype).min
-    attn = jax.nn.softmax(jnp.where(qm[..., None], sim, neg), axis=2)  # [B, C, m, n], over query vectors i
+    logits = sim if qm is None else jnp.where(qm[..., None], sim, jnp.finfo(sim.dtype).min)
+    attn = jax.nn.softmax(logits, axis=2)  # [B, C, m, n], over query vectors i
     per_doc_vec = jnp.sum(attn * sim, axis=2)  # [B, C, n] = ⟨d_j, attended query vector⟩
-    return jnp.sum(jnp.where(dm, per_doc_vec, 0), axis=-1)
+    if dm is not None:
+        per_doc_vec = jnp.where(dm, per_doc_vec, 0)
+    return jnp.sum(per_doc_vec, axis=-1)
 
 
 _REDUCERS = {"hard": _reduce_hard, "soft": _reduce_soft}
 
 
 def _late_interaction_impl(q, d, q_mask, d_mask, attention: str, block_size: int):
-    """Validated inputs -> scores. Documents (or candidates) are processed in blocks of `block_size`."""
+    """Validated inputs -> scores; a mask of None means all real (no masking ops, no constant masks to fold).
+
+    Documents (all pairs) or candidates (paired) are processed in blocks of `block_size`.
+    """
     acc = _acc_dtype(q.dtype, d.dtype)
     reduce = _REDUCERS[attention]
-    q = jnp.where(q_mask[..., None], q, 0)  # padding never reaches arithmetic, values nor gradients
-    d = jnp.where(d_mask[..., None], d, 0)
     paired = d.ndim == 4
+    qm = q_any = None
+    if q_mask is not None:
+        q = jnp.where(q_mask[..., None], q, 0)  # padding never reaches arithmetic, values nor gradients
+        qm, q_any = q_mask[:, None, :], jnp.any(q_mask, axis=-1)[:, None]  # [B, 1, m], [B, 1]
+    if d_mask is not None:
+        d = jnp.where(d_mask[..., None], d, 0)
+        if paired:
+            d_mask = jnp.swapaxes(d_mask, 0, 1)  # [K, B, n]
     if paired:  # put the candidate axis first so that both layouts block over axis 0
-        d, d_mask = jnp.swapaxes(d, 0, 1), jnp.swapaxes(d_mask, 0, 1)  # [K, B, n, D], [K, B, n]
+        d = jnp.swapaxes(d, 0, 1)  # [K, B, n, D]
     spec = "bih,cbjh->bcij" if paired else "bih,cjh->bcij"
-    qm = q_mask[:, None, :]  # [B, 1, m]
-    q_any = jnp.any(q_mask, axis=-1)[:, None]  # [B, 1]
 
-    def block(d_blk, dm_blk):  # [C, (B,) n, D], [C, (B,) n] -> [B, C]
+    def block(d_blk, dm_blk):  # [C, (B,) n, D], [C, (B,) n] or None -> [B, C]
         sim = jnp.einsum(spec, q, d_blk, preferred_element_type=acc)  # [B, C, m, n]
-        dm = jnp.swapaxes(dm_blk, 0, 1) if paired else dm_blk[None]  # [B or 1, C, n]
+        dm = None if dm_blk is None else (jnp.swapaxes(dm_blk, 0, 1) if paired else dm_blk[None])  # [B or 1, C, n]
         scores = reduce(sim, qm, dm)
-        return jnp.where(q_any & jnp.any(dm, axis=-1), scores, jnp.asarray(MASKED_SCORE, acc))
+        valid = q_any
+        if dm is not None:
+            valid = jnp.any(dm, axis=-1) if valid is None else valid & jnp.any(dm, axis=-1)
+        return scores if valid is None else jnp.where(valid, scores, jnp.asarray(MASKED_SCORE, acc))
 
     num = d.shape[0]
     if num <= block_size:
         return block(d, d_mask)
     block = jax.checkpoint(block)  # keep only inputs per block for the backward pass
     full = num // block_size
-    head = d[: full * block_size].reshape(full, block_size, *d.shape[1:])
-    head_mask = d_mask[: full * block_size].reshape(full, block_size, *d_mask.shape[1:])
-    out = jax.lax.map(lambda xs: block(*xs), (head, head_mask))  # [full, B, block_size]
+
+    def split(x):  # leading full blocks [full, block_size, ...] and the remainder [num - full·block_size, ...]
+        if x is None:
+            return None, None
+        return x[: full * block_size].reshape(full, block_size, *x.shape[1:]), x[full * block_size :]
+
+    (d_head, d_tail), (m_head, m_tail) = split(d), split(d_mask)
+    out = jax.lax.map(lambda xs: block(*xs), (d_head, m_head))  # [full, B, block_size]
     out = jnp.moveaxis(out, 0, 1).reshape(q.shape[0], full * block_size)
     if num > full * block_size:
-        out = jnp.concatenate([out, block(d[full * block_size :], d_mask[full * block_size :])], axis=1)
+        out = jnp.concatenate([out, block(d_tail, m_tail)], axis=1)
     return out
 
 

@@ -293,6 +293,9 @@ def test_blocked_equals_unblocked(seed, layout, attention):
     blocked = jitted(scorers.late_interaction, attention=attention, block_size=3)
     plain = jitted(scorers.late_interaction, attention=attention)
     np.testing.assert_allclose(blocked(q, d, qm, dm), plain(q, d, qm, dm), rtol=1e-6, atol=1e-6)
+    # no masks (all real) takes its own path, without masking ops
+    all_real = np.ones_like(qm), np.ones_like(dm)
+    np.testing.assert_allclose(blocked(q, d), plain(q, d, *all_real), rtol=1e-6, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------------------------------------------
