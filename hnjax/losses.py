@@ -243,6 +243,26 @@ def _gathered_columns(x: jax.Array, axis_name: str | None) -> tuple[jax.Array, j
     return jax.lax.all_gather(x, axis_name, tiled=True), jax.lax.axis_index(axis_name) * x.shape[0]
 
 
+def _duplicate_keep(ids: jax.Array | None, labels: jax.Array, axis_name: str | None) -> jax.Array | None:
+    """``[n, N]`` bool: False where column j shares row i's id but is not its positive (a false negative)."""
+    if ids is None:
+        return None
+    ids_all, _ = _gathered_columns(ids, axis_name)  # [N]
+    positive = jnp.arange(ids_all.shape[0])[None, :] == labels[:, None]  # [n, N]
+    return (ids[:, None] != ids_all[None, :]) | positive
+
+
+def _check_ids(ids: jax.typing.ArrayLike | None, n: int) -> jax.Array | None:
+    if ids is None:
+        return None
+    ids = jnp.asarray(ids)
+    if not jnp.issubdtype(ids.dtype, jnp.integer):
+        raise ValueError(f"ids: expected an integer dtype, got {ids.dtype}")
+    if ids.shape != (n,):
+        raise ValueError(f"ids: expected shape [N] = ({n},) like the rows of z1, got {tuple(ids.shape)}")
+    return ids
+
+
 def _inbatch_reduce(per_row: jax.Array, reduction: str, axis_name: str | None) -> jax.Array:
     """Mean over the global batch (``psum`` of local sums / global N) or the local per-row losses."""
     if reduction == "none" or axis_name is None:
@@ -286,6 +306,7 @@ def infonce(
     axis_name: str | None = None,
     *,
     negatives: jax.typing.ArrayLike | None = None,
+    ids: jax.typing.ArrayLike | None = None,
     reduction: str = "mean",
 ) -> jax.Array:
     r"""InfoNCE with in-batch negatives over the cosine matrix of two views (SimCSE).
@@ -309,6 +330,10 @@ def infonce(
       axis_name: mapped axis to all-gather negatives over, or None on one device.
       negatives: optional ``[M, D]`` extra hard negatives (e.g. ``M = N``, one per anchor), shared by all rows and
         all-gathered like ``z2`` under ``axis_name``.
+      ids: optional ``[N]`` int id of each row's example (e.g. sentence or document id). In-batch columns ``j ≠ i``
+        with ``ids[j] == ids[i]`` are dropped from row i's softmax (and, if symmetric, from column i's), so that
+        duplicates in a batch are not used as negatives. Gathered with the rows under ``axis_name``. The
+        ``negatives`` columns are not masked.
       reduction: ``"mean"`` over the (global) batch, or ``"none"`` for the local per-row losses ``[N]``.
 
     {axis_doc}
@@ -328,6 +353,7 @@ def infonce(
     """
     z1, z2 = jnp.asarray(z1), jnp.asarray(z2)
     _check_views(z1, z2, temperature, reduction)
+    ids = _check_ids(ids, z1.shape[0])
     if negatives is not None:
         negatives = jnp.asarray(negatives)
         _check_floating("negatives", negatives)
@@ -340,14 +366,18 @@ def infonce(
     a, b = _normalize(z1), _normalize(z2)  # [n, D]
     b_all, offset = _gathered_columns(b, axis_name)  # [N, D]
     labels = offset + jnp.arange(a.shape[0])  # [n]
+    keep = _duplicate_keep(ids, labels, axis_name)  # [n, N] or None; symmetric in (i, j), so it serves both ways
     logits = _cosine(a, b_all)  # [n, N]
+    row_keep = keep
     if negatives is not None:
         neg_all, _ = _gathered_columns(_normalize(negatives), axis_name)  # [M, D]
         logits = jnp.concatenate([logits, _cosine(a, neg_all)], axis=1)  # [n, N + M]
-    per_row = _cross_entropy(logits / temperature, labels)
+        if keep is not None:
+            row_keep = jnp.concatenate([keep, jnp.ones((keep.shape[0], neg_all.shape[0]), bool)], axis=1)
+    per_row = _cross_entropy(logits / temperature, labels, row_keep)
     if symmetric:
         a_all, _ = _gathered_columns(a, axis_name)
-        per_row = 0.5 * (per_row + _cross_entropy(_cosine(b, a_all) / temperature, labels))
+        per_row = 0.5 * (per_row + _cross_entropy(_cosine(b, a_all) / temperature, labels, keep))
     return _inbatch_reduce(per_row, reduction, axis_name)
 
 
@@ -358,6 +388,7 @@ def focal_infonce(
     margin: float | jax.Array = 0.3,
     axis_name: str | None = None,
     *,
+    ids: jax.typing.ArrayLike | None = None,
     reduction: str = "mean",
 ) -> jax.Array:
     r"""Focal-InfoNCE: InfoNCE with similarity-modulated logits (Hou & Li 2023).
@@ -376,6 +407,8 @@ def focal_infonce(
       temperature: τ > 0, a Python number (checked) or a scalar array.
       margin: m, the "hardness" margin (finite; 0.3 in the paper).
       axis_name: mapped axis to all-gather negatives over, or None on one device.
+      ids: optional ``[N]`` int example ids; columns ``j ≠ i`` with ``ids[j] == ids[i]`` are dropped from row i's
+        softmax (duplicates are not negatives), as in :func:`infonce`. Not in the official code, which has no ids.
       reduction: ``"mean"`` over the (global) batch, or ``"none"`` for the local per-row losses ``[N]``.
 
     {axis_doc}
@@ -396,6 +429,7 @@ def focal_infonce(
     _check_views(z1, z2, temperature, reduction)
     if isinstance(margin, (int, float)) and not math.isfinite(margin):
         raise ValueError(f"margin: expected a finite value, got {margin}")
+    ids = _check_ids(ids, z1.shape[0])
 
     a = _normalize(z1)  # [n, D]
     b_all, offset = _gathered_columns(_normalize(z2), axis_name)  # [N, D]
@@ -403,7 +437,8 @@ def focal_infonce(
     s = _cosine(a, b_all)  # [n, N]
     positive = jnp.arange(s.shape[1])[None, :] == labels[:, None]  # [n, N]
     logits = jnp.where(positive, s * s, s * (s + margin)) / temperature
-    return _inbatch_reduce(_cross_entropy(logits, labels), reduction, axis_name)
+    per_row = _cross_entropy(logits, labels, _duplicate_keep(ids, labels, axis_name))
+    return _inbatch_reduce(per_row, reduction, axis_name)
 
 
 for _fn in (infonce, focal_infonce):
