@@ -141,29 +141,33 @@ def _late_interaction_impl(q, d, q_mask, d_mask, attention: str, block_size: int
     acc = _acc_dtype(q.dtype, d.dtype)
     reduce = _REDUCERS[attention]
     paired = d.ndim == 4
+    num = d.shape[1] if paired else d.shape[0]  # documents (all pairs) or candidates per query (paired)
+    blocked = num > block_size
     qm = q_any = None
     if q_mask is not None:
         q = jnp.where(q_mask[..., None], q, 0)  # padding never reaches arithmetic, values nor gradients
         qm, q_any = q_mask[:, None, :], jnp.any(q_mask, axis=-1)[:, None]  # [B, 1, m], [B, 1]
     if d_mask is not None:
         d = jnp.where(d_mask[..., None], d, 0)
-        if paired:
-            d_mask = jnp.swapaxes(d_mask, 0, 1)  # [K, B, n]
-    if paired:  # put the candidate axis first so that both layouts block over axis 0
-        d = jnp.swapaxes(d, 0, 1)  # [K, B, n, D]
-    spec = "bih,cbjh->bcij" if paired else "bih,cjh->bcij"
+    # Blocks are taken along axis 0, so a blocked paired layout puts its candidate axis first: [K, B, n, D].
+    cand_first = paired and blocked
+    if cand_first:
+        d = jnp.swapaxes(d, 0, 1)
+        d_mask = None if d_mask is None else jnp.swapaxes(d_mask, 0, 1)
+    spec = ("bih,cbjh->bcij" if cand_first else "bih,bcjh->bcij") if paired else "bih,cjh->bcij"
 
-    def block(d_blk, dm_blk):  # [C, (B,) n, D], [C, (B,) n] or None -> [B, C]
+    def block(d_blk, dm_blk):  # d_blk [C, n, D], [B, C, n, D] or [C, B, n, D]; dm_blk alike without D, or None
         sim = jnp.einsum(spec, q, d_blk, preferred_element_type=acc)  # [B, C, m, n]
-        dm = None if dm_blk is None else (jnp.swapaxes(dm_blk, 0, 1) if paired else dm_blk[None])  # [B or 1, C, n]
+        dm = dm_blk
+        if dm is not None:  # -> [B or 1, C, n]
+            dm = jnp.swapaxes(dm, 0, 1) if cand_first else (dm if paired else dm[None])
         scores = reduce(sim, qm, dm)
         valid = q_any
         if dm is not None:
             valid = jnp.any(dm, axis=-1) if valid is None else valid & jnp.any(dm, axis=-1)
         return scores if valid is None else jnp.where(valid, scores, jnp.asarray(MASKED_SCORE, acc))
 
-    num = d.shape[0]
-    if num <= block_size:
+    if not blocked:
         return block(d, d_mask)
     block = jax.checkpoint(block)  # keep only inputs per block for the backward pass
     full = num // block_size
