@@ -14,7 +14,8 @@ Run (from the repository root):
         --out sts_parity.json
 
 Output: {"<set>": {"spearman": float, "pairs": int, ...}, ...}; with --reference-torch each set also holds
-"spearman_torch" and "spearman_diff" (hnjax − torch).
+"spearman_torch", "spearman_diff" (hnjax − torch) and "cosine_max_abs_diff" (largest difference of a pair's
+cosine between the two pipelines).
 """
 
 from __future__ import annotations
@@ -123,6 +124,17 @@ def torch_embed_fn(model_name: str, *, pooling: str, max_length: int, batch_size
     return embed_fn
 
 
+def capture(embed_fn, store: dict):
+    """Wraps an embedding function so that it also records sentence → vector in `store`."""
+
+    def wrapped(sentences):
+        vectors = np.asarray(embed_fn(sentences))
+        store.update(zip(sentences, vectors))
+        return vectors
+
+    return wrapped
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -147,7 +159,8 @@ def main(argv=None) -> dict:
         )
 
     t0 = time.perf_counter()
-    results = ev.evaluate_sts(embed_fn, sets, geometry=not args.no_geometry)
+    ours = {}  # sentence → vector, kept to compare with the reference pipeline
+    results = ev.evaluate_sts(capture(embed_fn, ours), sets, geometry=not args.no_geometry)
     logger.info("hnjax evaluation took %.1f s", time.perf_counter() - t0)
 
     if args.reference_torch:
@@ -159,11 +172,19 @@ def main(argv=None) -> dict:
             batch_size=args.batch_size,
             progress=not args.no_progress,
         )
-        reference = ev.evaluate_sts(ref_fn, sets, geometry=False)
+        theirs = {}
+        reference = ev.evaluate_sts(capture(ref_fn, theirs), sets, geometry=False)
         logger.info("torch evaluation took %.1f s", time.perf_counter() - t0)
         for name, entry in reference.items():
             results[name]["spearman_torch"] = entry["spearman"]
             results[name]["spearman_diff"] = results[name]["spearman"] - entry["spearman"]
+            if name not in sets:
+                continue
+            pairs = [p for sub in sets[name].subsets.values() for p in zip(sub.sentences1, sub.sentences2)]
+            cos = [ev.cosine_similarity([v[a] for a, _ in pairs], [v[b] for _, b in pairs]) for v in (ours, theirs)]
+            results[name]["cosine_max_abs_diff"] = float(np.max(np.abs(cos[0] - cos[1])))
+        diff = np.max(np.abs(np.stack(list(ours.values())) - np.stack([theirs[s] for s in ours])))
+        logger.info("max |hnjax - torch| over %d sentence vectors: %.3g", len(ours), diff)
 
     for name, entry in results.items():
         extra = f" (torch {entry['spearman_torch']:.2f})" if "spearman_torch" in entry else ""
