@@ -19,15 +19,20 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     config_lib.add_train_arguments(parser, config_lib.TrainConfig(lr=0.05, batch_size=8, warmup=0.1))
     parser.add_argument("--n-docs", type=int, default=64, help="generated documents (and queries)")
+    parser.add_argument("--noise", type=float, default=0.5, help="probability that a query token is replaced")
     parser.add_argument("--negatives", type=int, default=3, help="mined hard negatives per query (0: no miner)")
     parser.add_argument("--refresh-every", type=int, default=4, help="miner refresh period in steps")
+    parser.add_argument("--no-eval", action="store_true", help="skip the recall evaluation")
     parser.add_argument("--kill-at-step", type=int, default=0, help="test only: SIGKILL this process after step N")
     args = parser.parse_args(argv)
     config = config_lib.config_from_args(args)
-    queries, docs = toy.make_data(n_docs=args.n_docs)
+    queries, docs = toy.make_data(n_docs=args.n_docs, noise=args.noise)
     miner = None
     if args.negatives:
         miner = toy.make_miner(queries, docs, num_negatives=args.negatives, refresh_every=args.refresh_every)
+
+    if not args.no_eval and not args.resume:
+        print("initial eval:", toy.recall_at(toy.init_params(), queries, docs))
 
     def kill(step, record):
         if step == args.kill_at_step:
@@ -40,14 +45,26 @@ def main(argv=None):
         batch_fn=toy.make_batch_fn(queries, docs),
         num_examples=len(queries),
         miner=miner,
-        eval_fn=lambda params, step: toy.recall_at(params, queries, docs),
+        eval_fn=None if args.no_eval else (lambda params, step: toy.recall_at(params, queries, docs)),
         callbacks=[kill] if args.kill_at_step else [],
-        extra_config={"n_docs": args.n_docs, "negatives": args.negatives, "refresh_every": args.refresh_every},
+        extra_config={
+            "n_docs": args.n_docs,
+            "noise": args.noise,
+            "negatives": args.negatives,
+            "refresh_every": args.refresh_every,
+        },
     )
-    print(result.time_split)
+    if result.history:
+        losses = [r["loss"] for r in result.history]
+        k = max(len(losses) // 10, 1)
+        print(f"loss: first {k} steps mean {sum(losses[:k]) / k:.4f}, last {k} steps mean {sum(losses[-k:]) / k:.4f}")
+    if result.evals:
+        print("final eval:", result.evals[-1])
+    print(result.format_time_split())
     return result
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, force=True)
+    logging.getLogger("hnjax").setLevel(logging.INFO)
     main()

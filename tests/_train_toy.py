@@ -83,7 +83,7 @@ def recall_at(params, queries, docs, ks=(1, 5)):
     return {f"recall@{k}": float(np.mean(rank < k)) for k in ks}
 
 
-def make_miner(queries, docs, *, num_negatives=3, refresh_every=5, seed=0):
+def make_miner(queries, docs, *, num_negatives=3, refresh_every=5, seed=0, asynchronous=False):
     from hnjax import mining
 
     return mining.Miner(
@@ -96,5 +96,6 @@ def make_miner(queries, docs, *, num_negatives=3, refresh_every=5, seed=0):
         num_negatives=num_negatives,
         refresh_every=refresh_every,
         seed=seed,
+        asynchronous=asynchronous,
         progress=False,
     )

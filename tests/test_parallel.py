@@ -225,3 +225,21 @@ def test_data_parallel_validation():
         parallel.DataParallel("shard_map", 8).put_batch({"x": np.zeros((12, 2))})
     assert parallel.DataParallel("pmap").n_devices == jax.local_device_count() == N_DEV
     assert parallel.make_mesh(4).shape == {"data": 4}
+
+
+def infonce_loss(params, batch, key, axis_name=None):
+    """hnjax.losses.infonce with one hard negative per query, all-gathered over devices (global-batch mean)."""
+    from hnjax import losses
+
+    q, d, n = encode(params, batch["q"]), encode(params, batch["d"]), encode(params, batch["n"])
+    return losses.infonce(q, d, temperature=0.2, axis_name=axis_name, negatives=n), {}
+
+
+@pytest.mark.parametrize("mode", ["pmap", "shard_map"])
+def test_library_infonce_parallel_equals_single_device(mode):
+    params, batch = make_data(16, seed=8)
+    ref_state, ref_m, ref_g = run_step(infonce_loss, "none", params, batch)
+    st, m, g = run_step(infonce_loss, mode, params, batch)
+    np.testing.assert_allclose(m["loss"], ref_m["loss"], rtol=1e-6)
+    assert_trees_close(g, ref_g)
+    assert_trees_close(st.params, ref_state.params)

@@ -113,6 +113,9 @@ class FitResult:
     time_split: dict[str, float]
     start_step: int
 
+    def format_time_split(self) -> str:
+        return metrics_lib.format_time_split(self.time_split)
+
 
 def _check_host_batch(batch: Any, rows: int) -> dict[str, np.ndarray]:
     if not isinstance(batch, dict):
@@ -347,7 +350,7 @@ def fit(
                 last_saved = step
             if step < config.max_steps:
                 batch = prepare(step)
-        if eval_fn is not None and (not evals or evals[-1]["step"] != step):
+        if eval_fn is not None and step > start_step and (not evals or evals[-1]["step"] != step):
             evaluate(step)
         if checkpoints is not None and last_saved != step:
             save(step)

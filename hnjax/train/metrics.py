@@ -129,7 +129,11 @@ class TimeSplit:
         return out
 
     def format(self) -> str:
-        s = self.summary()
-        total = max(s["total"], 1e-9)
-        parts = [f"{k} {v:.2f}s ({100 * v / total:.0f}%)" for k, v in s.items() if k != "total"]
-        return f"time split over {s['total']:.2f}s: " + ", ".join(parts)
+        return format_time_split(self.summary())
+
+
+def format_time_split(split: dict[str, float]) -> str:
+    """``"time split over 12.3s: step 8.1s (66%), data ..."`` from :meth:`TimeSplit.summary` output."""
+    total = max(split["total"], 1e-9)
+    parts = [f"{k} {v:.2f}s ({100 * v / total:.0f}%)" for k, v in split.items() if k != "total"]
+    return f"time split over {split['total']:.2f}s: " + ", ".join(parts)
