@@ -96,6 +96,17 @@ def run_step(loss_fn, mode, params, batch, *, grad_accum=1, n_dev=N_DEV, clip_no
     return st, dp.metrics_to_host(metrics), grads
 
 
+_REFERENCE = {}
+
+
+def reference(loss_fn, b, seed):
+    """Single-device step on make_data(b, seed), computed once per module (shared by the parametrized tests)."""
+    key = (loss_fn.__name__, b, seed)
+    if key not in _REFERENCE:
+        _REFERENCE[key] = run_step(loss_fn, "none", *make_data(b, seed=seed))
+    return _REFERENCE[key]
+
+
 def assert_trees_close(a, b, tol=1e-6):
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=tol, atol=tol)
@@ -104,7 +115,7 @@ def assert_trees_close(a, b, tol=1e-6):
 @pytest.mark.parametrize("mode", ["pmap", "shard_map"])
 def test_inbatch_parallel_equals_single_device(mode):
     params, batch = make_data(16)
-    ref_state, ref_m, ref_g = run_step(inbatch_loss, "none", params, batch)
+    ref_state, ref_m, ref_g = reference(inbatch_loss, 16, 0)
     np.testing.assert_allclose(ref_m["loss"], numpy_inbatch_loss(params, batch), rtol=1e-5)
     st, m, g = run_step(inbatch_loss, mode, params, batch)
     np.testing.assert_allclose(m["loss"], ref_m["loss"], rtol=1e-6)
@@ -133,7 +144,7 @@ def test_single_device_gradient_matches_finite_differences():
 @pytest.mark.parametrize("mode", ["pmap", "shard_map"])
 def test_local_mean_loss_parallel_equals_single_device(mode):
     params, batch = make_data(16, seed=2)
-    ref_state, ref_m, ref_g = run_step(local_mean_loss, "none", params, batch)
+    ref_state, ref_m, ref_g = reference(local_mean_loss, 16, 2)
     st, m, g = run_step(local_mean_loss, mode, params, batch)
     np.testing.assert_allclose(m["loss"], ref_m["loss"], rtol=1e-6)
     assert_trees_close(g, ref_g)
@@ -143,7 +154,7 @@ def test_local_mean_loss_parallel_equals_single_device(mode):
 @pytest.mark.parametrize("mode", ["none", "shard_map"])
 def test_padded_batch_equals_unpadded(mode):
     params, batch = make_data(13, seed=4)
-    _, ref_m, ref_g = run_step(inbatch_loss, "none", params, batch)
+    _, ref_m, ref_g = reference(inbatch_loss, 13, 4)
     padded = parallel.pad_batch({k: v for k, v in batch.items() if k != "valid"}, parallel.padded_size(13, N_DEV))
     assert padded["q"].shape[0] == 16 and padded["valid"].sum() == 13 and not padded["valid"][13:].any()
     _, m, g = run_step(inbatch_loss, mode, params, padded)
@@ -156,7 +167,7 @@ def test_padded_batch_equals_unpadded(mode):
 def test_grad_accum_2x8_equals_batch_16(mode):
     """Per-example-mean loss: 2 micro-batches of 8 (strided split) give the gradient of one batch of 16."""
     params, batch = make_data(16, seed=5)
-    ref_state, ref_m, ref_g = run_step(local_mean_loss, "none", params, batch)
+    ref_state, ref_m, ref_g = reference(local_mean_loss, 16, 5)
     n_dev = 4  # 8 rows per micro-batch over 4 devices: 2 rows each
     st, m, g = run_step(local_mean_loss, mode, params, batch, grad_accum=2, n_dev=n_dev)
     np.testing.assert_allclose(m["loss"], ref_m["loss"], rtol=1e-6)
@@ -238,7 +249,7 @@ def infonce_loss(params, batch, key, axis_name=None):
 @pytest.mark.parametrize("mode", ["pmap", "shard_map"])
 def test_library_infonce_parallel_equals_single_device(mode):
     params, batch = make_data(16, seed=8)
-    ref_state, ref_m, ref_g = run_step(infonce_loss, "none", params, batch)
+    ref_state, ref_m, ref_g = reference(infonce_loss, 16, 8)
     st, m, g = run_step(infonce_loss, mode, params, batch)
     np.testing.assert_allclose(m["loss"], ref_m["loss"], rtol=1e-6)
     assert_trees_close(g, ref_g)
