@@ -243,13 +243,35 @@ def _gathered_columns(x: jax.Array, axis_name: str | None) -> tuple[jax.Array, j
     return jax.lax.all_gather(x, axis_name, tiled=True), jax.lax.axis_index(axis_name) * x.shape[0]
 
 
-def _duplicate_keep(ids: jax.Array | None, labels: jax.Array, axis_name: str | None) -> jax.Array | None:
-    """``[n, N]`` bool: False where column j shares row i's id but is not its positive (a false negative)."""
-    if ids is None:
+def _column_keep(
+    ids: jax.Array | None, valid: jax.Array | None, labels: jax.Array, axis_name: str | None
+) -> jax.Array | None:
+    """``[n, N]`` bool, False for the columns row i must not use as negatives: columns sharing row i's id (false
+    negatives) and padding columns (``valid`` False). A row's own positive is always kept, so that even a padding
+    row has a finite loss (which the reduction then drops)."""
+    if ids is None and valid is None:
         return None
-    ids_all, _ = _gathered_columns(ids, axis_name)  # [N]
-    positive = jnp.arange(ids_all.shape[0])[None, :] == labels[:, None]  # [n, N]
-    return (ids[:, None] != ids_all[None, :]) | positive
+    keep = None
+    if ids is not None:
+        ids_all, _ = _gathered_columns(ids, axis_name)  # [N]
+        keep = ids[:, None] != ids_all[None, :]
+    if valid is not None:
+        valid_all, _ = _gathered_columns(valid, axis_name)  # [N]
+        keep = valid_all[None, :] if keep is None else keep & valid_all[None, :]
+    n_cols = keep.shape[1]
+    positive = jnp.arange(n_cols)[None, :] == labels[:, None]  # [n, N]
+    return jnp.broadcast_to(keep, (labels.shape[0], n_cols)) | positive
+
+
+def _check_valid(valid: jax.typing.ArrayLike | None, n: int) -> jax.Array | None:
+    if valid is None:
+        return None
+    valid = jnp.asarray(valid)
+    if valid.dtype != jnp.bool_ or valid.shape != (n,):
+        raise ValueError(
+            f"valid: expected bool [N] = ({n},) like the rows of z1, got {valid.dtype} {tuple(valid.shape)}"
+        )
+    return valid
 
 
 def _check_ids(ids: jax.typing.ArrayLike | None, n: int) -> jax.Array | None:
@@ -263,12 +285,20 @@ def _check_ids(ids: jax.typing.ArrayLike | None, n: int) -> jax.Array | None:
     return ids
 
 
-def _inbatch_reduce(per_row: jax.Array, reduction: str, axis_name: str | None) -> jax.Array:
-    """Mean over the global batch (``psum`` of local sums / global N) or the local per-row losses."""
-    if reduction == "none" or axis_name is None:
-        return _reduce(per_row, reduction)
-    n_global = per_row.shape[0] * jax.lax.axis_size(axis_name)
-    return jax.lax.psum(jnp.sum(per_row), axis_name) / n_global
+def _inbatch_reduce(
+    per_row: jax.Array, reduction: str, axis_name: str | None, valid: jax.Array | None = None
+) -> jax.Array:
+    """Mean over the (valid rows of the) global batch, ``psum`` of local sums / global count; or the local rows
+    (padding rows as 0)."""
+    if valid is not None:
+        per_row = jnp.where(valid, per_row, 0.0)
+    if reduction == "none":
+        return per_row
+    total = jnp.sum(per_row)
+    count = jnp.asarray(per_row.shape[0], per_row.dtype) if valid is None else jnp.sum(valid.astype(per_row.dtype))
+    if axis_name is not None:
+        total, count = jax.lax.psum(total, axis_name), jax.lax.psum(count, axis_name)
+    return total / jnp.maximum(count, 1)
 
 
 def _check_views(z1: jax.Array, z2: jax.Array, temperature, reduction: str) -> None:
@@ -307,6 +337,7 @@ def infonce(
     *,
     negatives: jax.typing.ArrayLike | None = None,
     ids: jax.typing.ArrayLike | None = None,
+    valid: jax.typing.ArrayLike | None = None,
     reduction: str = "mean",
 ) -> jax.Array:
     r"""InfoNCE with in-batch negatives over the cosine matrix of two views (SimCSE).
@@ -334,6 +365,8 @@ def infonce(
         with ``ids[j] == ids[i]`` are dropped from row i's softmax (and, if symmetric, from column i's), so that
         duplicates in a batch are not used as negatives. Gathered with the rows under ``axis_name``. The
         ``negatives`` columns are not masked.
+      valid: optional ``[N]`` bool (local rows under ``axis_name``): False marks padding rows (added to fill a batch
+        or a device), which are neither anchors nor negatives: excluded from every softmax and from the mean.
       reduction: ``"mean"`` over the (global) batch, or ``"none"`` for the local per-row losses ``[N]``.
 
     {axis_doc}
@@ -354,6 +387,7 @@ def infonce(
     z1, z2 = jnp.asarray(z1), jnp.asarray(z2)
     _check_views(z1, z2, temperature, reduction)
     ids = _check_ids(ids, z1.shape[0])
+    valid = _check_valid(valid, z1.shape[0])
     if negatives is not None:
         negatives = jnp.asarray(negatives)
         _check_floating("negatives", negatives)
@@ -366,19 +400,22 @@ def infonce(
     a, b = _normalize(z1), _normalize(z2)  # [n, D]
     b_all, offset = _gathered_columns(b, axis_name)  # [N, D]
     labels = offset + jnp.arange(a.shape[0])  # [n]
-    keep = _duplicate_keep(ids, labels, axis_name)  # [n, N] or None; symmetric in (i, j), so it serves both ways
+    keep = _column_keep(ids, valid, labels, axis_name)  # [n, N] or None; symmetric in (i, j): serves both ways
     logits = _cosine(a, b_all)  # [n, N]
     row_keep = keep
     if negatives is not None:
         neg_all, _ = _gathered_columns(_normalize(negatives), axis_name)  # [M, D]
         logits = jnp.concatenate([logits, _cosine(a, neg_all)], axis=1)  # [n, N + M]
         if keep is not None:
-            row_keep = jnp.concatenate([keep, jnp.ones((keep.shape[0], neg_all.shape[0]), bool)], axis=1)
+            neg_keep = jnp.ones((keep.shape[0], neg_all.shape[0]), bool)
+            if valid is not None and negatives.shape[0] == z1.shape[0]:  # one negative per row: padded with it
+                neg_keep = neg_keep & _gathered_columns(valid, axis_name)[0][None, :]
+            row_keep = jnp.concatenate([keep, neg_keep], axis=1)
     per_row = _cross_entropy(logits / temperature, labels, row_keep)
     if symmetric:
         a_all, _ = _gathered_columns(a, axis_name)
         per_row = 0.5 * (per_row + _cross_entropy(_cosine(b, a_all) / temperature, labels, keep))
-    return _inbatch_reduce(per_row, reduction, axis_name)
+    return _inbatch_reduce(per_row, reduction, axis_name, valid)
 
 
 def focal_infonce(
@@ -389,6 +426,7 @@ def focal_infonce(
     axis_name: str | None = None,
     *,
     ids: jax.typing.ArrayLike | None = None,
+    valid: jax.typing.ArrayLike | None = None,
     reduction: str = "mean",
 ) -> jax.Array:
     r"""Focal-InfoNCE: InfoNCE with similarity-modulated logits (Hou & Li 2023).
@@ -409,6 +447,8 @@ def focal_infonce(
       axis_name: mapped axis to all-gather negatives over, or None on one device.
       ids: optional ``[N]`` int example ids; columns ``j ≠ i`` with ``ids[j] == ids[i]`` are dropped from row i's
         softmax (duplicates are not negatives), as in :func:`infonce`. Not in the official code, which has no ids.
+      valid: optional ``[N]`` bool (local rows under ``axis_name``): False marks padding rows (added to fill a batch
+        or a device), which are neither anchors nor negatives: excluded from every softmax and from the mean.
       reduction: ``"mean"`` over the (global) batch, or ``"none"`` for the local per-row losses ``[N]``.
 
     {axis_doc}
@@ -430,6 +470,7 @@ def focal_infonce(
     if isinstance(margin, (int, float)) and not math.isfinite(margin):
         raise ValueError(f"margin: expected a finite value, got {margin}")
     ids = _check_ids(ids, z1.shape[0])
+    valid = _check_valid(valid, z1.shape[0])
 
     a = _normalize(z1)  # [n, D]
     b_all, offset = _gathered_columns(_normalize(z2), axis_name)  # [N, D]
@@ -437,8 +478,8 @@ def focal_infonce(
     s = _cosine(a, b_all)  # [n, N]
     positive = jnp.arange(s.shape[1])[None, :] == labels[:, None]  # [n, N]
     logits = jnp.where(positive, s * s, s * (s + margin)) / temperature
-    per_row = _cross_entropy(logits, labels, _duplicate_keep(ids, labels, axis_name))
-    return _inbatch_reduce(per_row, reduction, axis_name)
+    per_row = _cross_entropy(logits, labels, _column_keep(ids, valid, labels, axis_name))
+    return _inbatch_reduce(per_row, reduction, axis_name, valid)
 
 
 for _fn in (infonce, focal_infonce):

@@ -650,3 +650,57 @@ def test_cross_device_reduction_none_returns_local_rows():
 def test_inbatch_bad_input_raises(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Padding rows (valid mask) in the in-batch losses.
+
+
+@pytest.mark.parametrize("which", ["infonce", "infonce_sym", "infonce_neg", "focal"])
+def test_inbatch_valid_mask_equals_the_unpadded_batch(which):
+    rng = np.random.default_rng(11)
+    z1, z2, neg = (rng.normal(size=(6, 5)).astype(np.float32) for _ in range(3))
+    valid = np.array([True, True, True, True, False, False])
+
+    def run(a, b, n, v):
+        if which == "focal":
+            return losses.focal_infonce(a, b, 0.1, 0.3, valid=v)
+        if which == "infonce_sym":
+            return losses.infonce(a, b, 0.1, symmetric=True, valid=v)
+        if which == "infonce_neg":
+            return losses.infonce(a, b, 0.1, negatives=n, valid=v)
+        return losses.infonce(a, b, 0.1, valid=v)
+
+    padded = jax.jit(jax.value_and_grad(lambda a: run(a, z2, neg, valid)))(z1)
+    plain = jax.value_and_grad(lambda a: run(a, z2[:4], neg[:4], None))(z1[:4])
+    np.testing.assert_allclose(float(padded[0]), float(plain[0]), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(padded[1])[:4], np.asarray(plain[1]), rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(padded[1])[4:], 0.0)
+    per_row = losses.infonce(z1, z2, 0.1, valid=valid, reduction="none")
+    np.testing.assert_array_equal(np.asarray(per_row)[4:], 0.0)
+
+
+def test_inbatch_valid_mask_sharded_equals_single_device():
+    rng = np.random.default_rng(12)
+    z1, z2 = (rng.normal(size=(16, 4)).astype(np.float32) for _ in range(2))
+    valid = np.arange(16) % 3 != 2
+    mesh = jax.make_mesh((8,), ("data",))
+    spec = jax.sharding.PartitionSpec("data")
+
+    def sharded(a, b, v):
+        f = lambda a, b, v: losses.focal_infonce(a, b, 0.1, 0.3, axis_name="data", valid=v)  # noqa: E731
+        return jax.shard_map(f, mesh=mesh, in_specs=(spec, spec, spec), out_specs=jax.sharding.PartitionSpec())(a, b, v)
+
+    placed = (jax.device_put(x, jax.sharding.NamedSharding(mesh, spec)) for x in (z1, z2, valid))
+    got = jax.jit(jax.value_and_grad(sharded))(*placed)
+    want = jax.value_and_grad(lambda a: losses.focal_infonce(a, z2, 0.1, 0.3, valid=valid))(z1)
+    np.testing.assert_allclose(float(got[0]), float(want[0]), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(got[1]), np.asarray(want[1]), rtol=1e-4, atol=1e-6)
+
+
+def test_inbatch_valid_mask_is_checked():
+    z = np.ones((3, 2), np.float32)
+    with pytest.raises(ValueError, match="valid: expected bool"):
+        losses.infonce(z, z, valid=np.ones(3, np.int32))
+    with pytest.raises(ValueError, match="valid: expected bool"):
+        losses.focal_infonce(z, z, valid=np.ones(4, bool))
