@@ -359,6 +359,22 @@ def test_no_recompilation_across_steps():
     assert len(traces) == 1
 
 
+def test_fit_with_grad_accum_2x4_equals_batch_8():
+    """Paper 1's batch x accumulation through the whole loop: same examples per update, same losses and params."""
+
+    def per_example(params, batch, key, axis_name=None):  # per-example mean, no in-batch negatives, no randomness
+        err = jnp.sum((toy.encode(params, batch["query"]) - toy.encode(params, batch["doc"])) ** 2, -1)
+        w = batch["valid"].astype(jnp.float32)
+        return jnp.sum(err * w) / jnp.maximum(jnp.sum(w), 1.0), {}
+
+    accumulated, _ = toy_fit(None, loss_fn=per_example, n_docs=20, max_steps=5, batch_size=4, grad_accum=2)
+    single, _ = toy_fit(None, loss_fn=per_example, n_docs=20, max_steps=5, batch_size=8)
+    np.testing.assert_allclose([r["loss"] for r in accumulated.history], [r["loss"] for r in single.history], 1e-6)
+    assert [r["examples"] for r in accumulated.history] == [8.0, 8.0, 4.0, 8.0, 8.0]
+    for a, b in zip(jax.tree.leaves(accumulated.state.params), jax.tree.leaves(single.state.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("parallel, devices", [("none", None), ("shard_map", 8)])
 def test_toy_dual_encoder_learns(parallel, devices):
     """Loss falls and recall rises on generated data with hard negatives from hnjax.mining.Miner."""
