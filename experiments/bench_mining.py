@@ -1,4 +1,4 @@
-"""Benchmark of the hnjax.mining index backends: recall@k against exact search, queries/s, build time, memory.
+r"""Benchmark of the hnjax.mining index backends: recall@k against exact search, queries/s, build time, memory.
 
 Exact baseline = FAISS ``IndexFlatIP`` (the fastest exact search on CPU); every backend's recall@k is measured
 against its top-k ids and its speed-up is its queries/s divided by the baseline's, measured in the same run with
@@ -10,15 +10,20 @@ Data (L2-normalised, inner product = cosine):
     Queries are fresh draws from the same mixture.
   gaussian: isotropic N(0, I) vectors, normalised (the worst case for any ANN index).
 
-Exact commands behind the figures in docs/mining.md:
+Exact commands behind the figures in docs/mining.md (OUT = any output directory):
   python experiments/bench_mining.py --n-docs 200000 --n-queries 2000 --dim 384 --k 64 --data clustered \
-      --noise 1.0 --out results/mining/clustered_200k_noise1.json
+      --noise 2.0 --out OUT/clustered_200k_noise2.json                      # every backend
   python experiments/bench_mining.py --n-docs 200000 --n-queries 2000 --dim 384 --k 64 --data clustered \
-      --noise 2.0 --backends flat,ivf,ivfpq --out results/mining/clustered_200k_noise2.json
+      --noise 1.0 --backends flat,ivf,ivfpq --out OUT/clustered_200k_noise1.json
+  python experiments/bench_mining.py --n-docs 200000 --n-queries 2000 --dim 384 --k 64 --data clustered \
+      --noise 1.5 --backends flat,ivf --out OUT/clustered_200k_noise1.5.json   # also --noise 3.0
   python experiments/bench_mining.py --n-docs 200000 --n-queries 2000 --dim 384 --k 64 --data gaussian \
-      --backends flat,ivf --out results/mining/gaussian_200k.json
+      --backends flat,ivf --out OUT/gaussian_200k.json
+  python experiments/bench_mining.py --n-docs 1000000 --n-queries 1000 --dim 384 --k 64 --data clustered \
+      --noise 1.0 --backends flat,ivf --nprobe 1,2,4,8 --out OUT/clustered_1m_noise1.json
   python experiments/bench_mining.py --n-docs 20000 --n-queries 200 --dim 384 --k 64 --data clustered \
-      --backends flat --minilm-refresh-docs 100000 --out results/mining/minilm_refresh.json
+      --backends flat --minilm-refresh-docs 100000 --minilm-measure-docs 256 --minilm-max-length 128 \
+      --out OUT/minilm_refresh.json
 
 Output: a JSON list of rows ``{"backend", "setting", "recall_at_k", "queries_per_s", "build_s",
 "speedup_vs_exact", "peak_mem_mb", "index_mb", ...}`` (plus a ``{"measurement": "minilm_refresh", ...}`` row when
@@ -148,7 +153,6 @@ def minilm_refresh(n_docs_target: int, n_measure: int, max_length: int, batch_si
     """Encodes n_measure synthetic documents of max_length tokens with all-MiniLM-L6-v2 and builds the default index
     over n_docs_target vectors; extrapolates encode time linearly to n_docs_target documents."""
     import jax
-    import jax.numpy as jnp
 
     from hnjax import models
 
@@ -192,7 +196,6 @@ def minilm_refresh(n_docs_target: int, n_measure: int, max_length: int, batch_si
         "index_backend": backend,
         "build_s": build_s,
         "refresh_s_estimate": n_docs_target / per_s + build_s,
-        "dtype": str(jnp.float32.dtype),
     }
 
 
