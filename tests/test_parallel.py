@@ -254,3 +254,22 @@ def test_library_infonce_parallel_equals_single_device(mode):
     np.testing.assert_allclose(m["loss"], ref_m["loss"], rtol=1e-6)
     assert_trees_close(g, ref_g)
     assert_trees_close(st.params, ref_state.params)
+
+
+def masked_infonce_loss(params, batch, key, axis_name=None):
+    """hnjax.losses.infonce honouring the loop's valid mask (padding rows are neither anchors nor negatives)."""
+    from hnjax import losses
+
+    q, d, n = encode(params, batch["q"]), encode(params, batch["d"]), encode(params, batch["n"])
+    loss = losses.infonce(q, d, temperature=0.2, axis_name=axis_name, negatives=n, valid=batch["valid"])
+    return loss, {}
+
+
+@pytest.mark.parametrize("mode", ["none", "shard_map"])
+def test_library_infonce_padded_batch_equals_unpadded(mode):
+    params, batch = make_data(13, seed=9)
+    _, ref_m, ref_g = reference(masked_infonce_loss, 13, 9)
+    padded = parallel.pad_batch({k: v for k, v in batch.items() if k != "valid"}, parallel.padded_size(13, N_DEV))
+    _, m, g = run_step(masked_infonce_loss, mode, params, padded)
+    np.testing.assert_allclose(m["loss"], ref_m["loss"], rtol=1e-6)
+    assert_trees_close(g, ref_g)
