@@ -164,6 +164,7 @@ def test_blockwise_matches_reference(b, d, block, row_block, kind, symmetric):
     assert_close(g2, w2, atol=1e-5 if b == 1 else 0)
 
 
+@pytest.mark.slow
 def test_blockwise_equals_dense_jnp_loss_and_grad():
     z1, z2 = views(3, 50, 12)
     got = jax.jit(jax.value_and_grad(functools.partial(blockwise.blockwise_infonce, block_size=16), argnums=(0, 1)))
@@ -267,7 +268,10 @@ def dense_sum_of_max(qv, qm, dv, dm):
     return jnp.stack(rows, axis=1)  # [B, N]
 
 
-@pytest.mark.parametrize("block,row_block", [(4, 3), (16, None), (1, 1)])
+@pytest.mark.parametrize(
+    "block,row_block",
+    [(4, 3), pytest.param(16, None, marks=pytest.mark.slow), pytest.param(1, 1, marks=pytest.mark.slow)],
+)
 def test_multi_vector_sum_of_max(block, row_block):
     r = np.random.default_rng(7)
     b, m, n, d, tau = 11, 3, 5, 4, 0.5
@@ -560,7 +564,7 @@ def unchunked(encode_fn, loss_fn, params, batch, chunk_size, key):
     return jax.value_and_grad(total)(params)
 
 
-@pytest.mark.parametrize("chunk_size", [4, 32])
+@pytest.mark.parametrize("chunk_size", [4, pytest.param(32, marks=pytest.mark.slow)])
 def test_grad_cache_two_view_simcse_with_dropout(chunk_size):
     params, _, encode2 = make_encoder()
     x = jnp.asarray(np.random.default_rng(0).normal(size=(32, 6)), jnp.float32)
@@ -580,6 +584,7 @@ def test_grad_cache_two_view_simcse_with_dropout(chunk_size):
     assert diff > 1e-3
 
 
+@pytest.mark.slow
 def test_grad_cache_with_blockwise_loss_and_pytree_batch():
     params, encode1, _ = make_encoder(1)
     r = np.random.default_rng(1)
