@@ -1,0 +1,178 @@
+"""Unsupervised SimCSE with InfoNCE or Focal-InfoNCE (Hou & Li 2023), evaluated on STS.
+
+Trains a sentence encoder on a plain-text corpus (one sentence per line) with two dropout views per sentence and
+in-batch negatives, evaluates Spearman on the STS-B dev set every --eval-every steps, keeps the best encoder in
+OUT/best (Hugging Face layout: `experiments/sts_eval.py --model OUT/best --pooling cls` evaluates it), and finally
+evaluates the best encoder on every STS set found under --sts-dev and --sts-data.
+
+Paper defaults (BERT-base): 1 epoch, batch 64, max length 32, lr 3e-5, τ = 0.05, m = 0.3, [CLS] + MLP in training
+only, STS-B dev every 125 steps. The default encoder here is the bundled all-MiniLM-L6-v2.
+
+Run (from the repository root):
+
+    python experiments/simcse_focal.py --corpus corpus.txt --sts-dev DATA/sts --loss focal --max-steps 200 \
+        --out runs/simcse/focal-s0 --seed 0
+    python experiments/simcse_compare.py runs/simcse/*-s* --out runs/simcse/compare
+
+Writes OUT/results.json (best_dev_spearman, best_step, steps, dev_curve, final STS results, corpus statistics,
+time split), OUT/metrics.jsonl, OUT/dev_spearman.png, OUT/best/ and checkpoints for --resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hnjax import embed, models, simcse
+from hnjax import eval as ev
+from hnjax.data import sts, text, tokenize
+from hnjax.train import config as config_lib
+from hnjax.train import loop, metrics
+
+logger = logging.getLogger("simcse_focal")
+BEST_INFO = "hnjax_best.json"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--corpus", required=True, help="text file, one sentence per line (blank lines are skipped)")
+    p.add_argument("--sts-dev", required=True, help="folder holding STSBenchmark/sts-dev.csv (model selection)")
+    p.add_argument("--sts-data", default=None, help="extra folder searched for STS sets for the final evaluation")
+    p.add_argument("--loss", choices=simcse.LOSSES, default="focal", help="training loss (default focal)")
+    p.add_argument("--model", default="all-MiniLM-L6-v2", help="checkpoint directory or 'all-MiniLM-L6-v2'")
+    p.add_argument("--pooling", choices=simcse.POOLINGS, default="cls",
+                   help="cls: [CLS] + MLP in training only (the papers' setting); mean: masked mean")  # fmt: skip
+    p.add_argument("--temperature", type=float, default=0.05, help="τ (default 0.05)")
+    p.add_argument("--margin", type=float, default=0.3, help="m of Focal-InfoNCE (default 0.3)")
+    p.add_argument("--max-length", type=int, default=32, help="tokens per sentence (default 32)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="encoder compute dtype")
+    p.add_argument("--eval-batch-size", type=int, default=128, help="sentences per evaluation call")
+    defaults = config_lib.TrainConfig(batch_size=64, lr=3e-5, eval_every=125, max_steps=1)
+    config_lib.add_train_arguments(p, defaults)
+    p.set_defaults(max_steps=None)
+    args = p.parse_args(argv)
+    if args.out is None:
+        p.error("--out is required")
+    if args.max_length < 4:
+        p.error(f"--max-length must be >= 4, got {args.max_length}")
+    return args
+
+
+def plot_curve(curve: list[dict], path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot([c["step"] for c in curve], [c["stsb_dev_spearman"] for c in curve], marker="o")
+    ax.set(xlabel="step", ylabel="STS-B dev Spearman ×100", title=title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    out = pathlib.Path(args.out)
+    corpus = text.LineCorpus(args.corpus)
+    if args.max_steps is None:
+        args.max_steps = math.ceil(len(corpus) / (args.batch_size * args.grad_accum))  # one epoch
+    config = config_lib.config_from_args(args)
+
+    model_dir = models.resolve_checkpoint(args.model)
+    dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
+    encoder, encoder_params = models.from_pretrained(model_dir, dtype=dtype)
+    tokenizer = tokenize.load_tokenizer(model_dir)
+    net = simcse.SimCSE(encoder, pooling=args.pooling, loss=args.loss, temperature=args.temperature,
+                        margin=args.margin)  # fmt: skip
+    params = net.init(encoder_params, jax.random.key(args.seed))
+    dev_sets = sts.load_sts_sets(args.sts_dev, names=["STSBenchmark-dev"])
+    dev_encode = embed.make_encode_fn(encoder, pooling=args.pooling)
+    truncated = {"sentences": 0}
+
+    def batch_fn(indices, candidates):
+        del candidates
+        enc = tokenize.batch_encode(tokenizer, corpus[indices], max_length=args.max_length)
+        truncated["sentences"] += enc.n_truncated
+        return {"input_ids": enc.input_ids, "attention_mask": enc.attention_mask.astype(bool)}
+
+    best_path = out / "best"
+    best = {"stsb_dev_spearman": -math.inf, "step": None}
+    if args.resume and (best_path / BEST_INFO).exists():
+        best.update(json.loads((best_path / BEST_INFO).read_text()))
+
+    def dev_spearman(encoder_params) -> float:
+        embed_fn = lambda s: embed.encode_sentences(  # noqa: E731
+            encoder, encoder_params, tokenizer, s, batch_size=args.eval_batch_size, max_length=128,
+            encode_fn=dev_encode, progress=False,
+        )  # fmt: skip
+        return ev.evaluate_sts(embed_fn, dev_sets, geometry=False)["STSBenchmark-dev"]["spearman"]
+
+    def eval_fn(p, step):
+        value = dev_spearman(p["encoder"])
+        if value > best["stsb_dev_spearman"]:
+            best.update(stsb_dev_spearman=value, step=step)
+            models.save_pretrained(best_path, encoder.config, jax.device_get(p["encoder"]), tokenizer_from=model_dir)
+            (best_path / BEST_INFO).write_text(json.dumps({**best, "pooling": args.pooling}))
+        return {"stsb_dev_spearman": value}
+
+    extra = {k: getattr(args, k) for k in ("corpus", "loss", "model", "pooling", "temperature", "margin",
+                                           "max_length", "dtype")}  # fmt: skip
+    if not args.resume:  # evaluate the starting point too, so the curve starts at step 0
+        os.makedirs(out, exist_ok=True)
+        start = {"step": 0, "stsb_dev_spearman": dev_spearman(encoder_params)}
+        (out / "dev_start.json").write_text(json.dumps(start))
+    result = loop.fit(config, params=params, loss_fn=net.loss_fn, batch_fn=batch_fn, num_examples=len(corpus),
+                      eval_fn=eval_fn, extra_config=extra)  # fmt: skip
+    print(result.format_time_split())
+
+    # Final evaluation of the selected encoder on every STS set available.
+    final_sets = sts.load_sts_sets(args.sts_dev)
+    if args.sts_data:
+        final_sets.update(sts.load_sts_sets(args.sts_data))
+    best_model, best_params = models.from_pretrained(best_path)
+    final = ev.evaluate_sts(
+        lambda s: embed.encode_sentences(best_model, best_params, tokenizer, s, pooling=args.pooling,
+                                         batch_size=args.eval_batch_size, progress=False),
+        final_sets,
+    )  # fmt: skip
+    curve_path = out / "dev_start.json"
+    curve = ([json.loads(curve_path.read_text())] if curve_path.exists() else []) + [
+        {"step": e["step"], "stsb_dev_spearman": e["stsb_dev_spearman"]}
+        for e in metrics.read_jsonl(str(out / "eval.jsonl")) if "stsb_dev_spearman" in e
+    ]  # fmt: skip
+    losses = [r["loss"] for r in metrics.read_jsonl(str(out / "metrics.jsonl"))]
+    results = {
+        "loss": args.loss,
+        "seed": args.seed,
+        "steps": args.max_steps,
+        "best_dev_spearman": best["stsb_dev_spearman"],
+        "best_step": best["step"],
+        "dev_curve": curve,
+        "final": final,
+        "train_loss_first_last": [losses[0], losses[-1]] if losses else None,
+        "corpus": {**corpus.stats(), "truncated_this_run": truncated["sentences"]},
+        "time_split_s": result.time_split,
+        "config": {**config.to_dict(), **extra},
+        "devices": jax.device_count(),
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=float))
+    plot_curve(curve, str(out / "dev_spearman.png"), f"{args.loss}, seed {args.seed}")
+    logger.info("best STS-B dev Spearman %.2f at step %s; results in %s", best["stsb_dev_spearman"], best["step"], out)
+    return results
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=4)
+    main()

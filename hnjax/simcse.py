@@ -1,0 +1,99 @@
+"""Unsupervised SimCSE with InfoNCE or Focal-InfoNCE: the model and its training loss.
+
+Each sentence of a batch is encoded twice with independent dropout keys; the two views' pooled vectors are the
+positives of each other and the other sentences' second views are the negatives (Gao et al. 2021). With
+``pooling="cls"`` the [CLS] state passes through an MLP head (Linear + tanh) during training only, SimCSE's
+unsupervised setting (``--pooler_type cls --mlp_only_train``), which Focal-InfoNCE (Hou & Li 2023) keeps; with
+``pooling="mean"`` the masked mean of the token states is used directly. The loss is
+:func:`hnjax.losses.infonce` or :func:`hnjax.losses.focal_infonce`; inside ``pmap``/``shard_map`` the second views
+are all-gathered so every sentence of the global batch is a negative.
+
+Parameters are ``{"encoder": ..., "mlp": ...}`` (``"mlp"`` only with ``pooling="cls"``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from hnjax import losses
+from hnjax.models import bert, poolers
+
+LOSSES = ("infonce", "focal")
+POOLINGS = ("cls", "mean")
+
+
+@dataclasses.dataclass(frozen=True)
+class SimCSE:
+    """A SimCSE sentence encoder and its contrastive loss; pure methods of explicit parameters.
+
+    Attributes:
+      encoder: the BERT-family encoder module.
+      pooling: "cls" (+ MLP head in training) or "mean".
+      loss: "infonce" or "focal".
+      temperature: τ (0.05 in both papers).
+      margin: m of Focal-InfoNCE (0.3).
+    """
+
+    encoder: bert.BertModel
+    pooling: str = "cls"
+    loss: str = "focal"
+    temperature: float = 0.05
+    margin: float = 0.3
+
+    def __post_init__(self):
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+
+    @property
+    def head(self) -> poolers.MLPHead:
+        return poolers.MLPHead()
+
+    def init(self, encoder_params: dict, key: jax.Array) -> dict:
+        """Parameters: the (pre-trained) encoder's, plus a new MLP head N(0, 0.02²) for ``pooling="cls"``."""
+        params = {"encoder": encoder_params}
+        if self.pooling == "cls":
+            width = self.encoder.config.hidden_size
+            params["mlp"] = self.head.init(key, jnp.zeros((1, width), jnp.float32))["params"]
+        return params
+
+    def embed(self, params: dict, ids: jax.Array, mask: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+        """Sentence vectors [B, D]; with a dropout ``key`` (training) the MLP head is applied for "cls" pooling."""
+        training = key is not None
+        hidden = self.encoder.apply(
+            {"params": params["encoder"]}, ids, mask, deterministic=not training,
+            rngs={"dropout": key} if training else None,
+        )  # [B, L, D]  # fmt: skip
+        if self.pooling == "mean":
+            return poolers.mean(hidden, mask)
+        pooled = poolers.cls(hidden, mask)  # [B, D]
+        return self.head.apply({"params": params["mlp"]}, pooled) if training else pooled
+
+    def loss_fn(self, params: dict, batch: dict, key: jax.Array, axis_name: str | None = None):
+        """The training loss of one batch of sentences.
+
+        Args:
+          params: ``{"encoder", "mlp"}``.
+          batch: ``input_ids`` and ``attention_mask`` [B, L]; optional ``valid`` [B] bool (rows added to fill a
+            batch, which are neither anchors nor negatives).
+          key: the step's key; the two views use ``fold_in(key, 0)`` and ``fold_in(key, 1)``.
+          axis_name: mapped axis to gather negatives over (data parallelism), or None.
+
+        Returns:
+          (loss, {}) — the mean over the valid rows of the global batch.
+        """
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        z1 = self.embed(params, ids, mask, key=jax.random.fold_in(key, 0))  # [B, D]
+        z2 = self.embed(params, ids, mask, key=jax.random.fold_in(key, 1))  # [B, D]
+        valid = batch.get("valid")
+        if self.loss == "focal":
+            value = losses.focal_infonce(z1, z2, self.temperature, self.margin, axis_name, valid=valid)
+        else:
+            value = losses.infonce(z1, z2, self.temperature, axis_name=axis_name, valid=valid)
+        return value, {}
