@@ -218,3 +218,9 @@ def test_pair_input_ids(tiny, tokenizer):
     assert tokenizer.convert_ids_to_tokens(ids[1])[first_sep + 1 : first_sep + 3] == ["beta", "[unused2]"]
     with pytest.raises(ValueError, match="2 mentions but 1 entities"):
         zeshel.pair_input_ids(tokenizer, [m, m], [e[0]])
+
+
+def test_synthetic_command_line(tmp_path):
+    synthetic.main([str(tmp_path / "d"), "--names-per-world", "2", "--namesakes", "2", "--seed", "3"])
+    data = zeshel.load_zeshel(tmp_path / "d")
+    assert len(data.documents["train_world_0"]) == 4

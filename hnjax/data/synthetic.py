@@ -179,3 +179,22 @@ def write_synthetic_zeshel(out: str | pathlib.Path, config: SyntheticZeshelConfi
         with open(out / "mentions" / f"{split}.json", "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
     return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: ``python -m hnjax.data.synthetic OUT [--names-per-world N] ...``."""
+    import argparse
+
+    p = argparse.ArgumentParser(description="Write a generated Zeshel-format dataset (see hnjax.data.synthetic).")
+    p.add_argument("out", help="output folder (documents/, mentions/)")
+    defaults = SyntheticZeshelConfig()
+    for field in dataclasses.fields(SyntheticZeshelConfig):
+        value = getattr(defaults, field.name)
+        p.add_argument("--" + field.name.replace("_", "-"), type=type(value), default=value, help=f"default {value}")
+    args = vars(p.parse_args(argv))
+    out = args.pop("out")
+    print(write_synthetic_zeshel(out, SyntheticZeshelConfig(**args)))
+
+
+if __name__ == "__main__":
+    main()
