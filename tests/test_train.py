@@ -399,6 +399,7 @@ def run_script(out, *extra):
     return subprocess.run(cmd, cwd=HERE, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow  # three short runs, two of them in fresh processes (about 25 s of CPU)
 def test_sigkill_and_resume_reproduce_losses_bit_for_bit(tmp_path):
     """A run killed (SIGKILL) after step 7 and resumed from its step-6 checkpoint logs exactly the losses of an
     uninterrupted run: params, optimizer, RNG, data position and the miner's table all come back."""
