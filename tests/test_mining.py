@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from hnjax import mining
-from hnjax.mining import index as index_lib
+from hnjax.mining import device
 from hnjax.mining import miner as miner_lib
 
 N, D, Q = 2000, 32, 100
@@ -105,7 +105,7 @@ def test_device_exact_bfloat16_accumulates_in_float32():
 def test_device_exact_compiles_once_per_shape(data):
     x, q = data
     index = mining.make_index("exact", corpus_block=512, query_block=32).build(x)
-    fn = index_lib._blocked_top_k
+    fn = device._blocked_top_k
     fn.clear_cache()
     for n_queries in (1, 7, 32, 33, 100):  # all padded to whole blocks of 32 queries
         index.search(q[:n_queries], 16)

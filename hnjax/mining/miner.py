@@ -45,8 +45,8 @@ import numpy as np
 import tqdm
 
 from hnjax import bias
+from hnjax.mining import backends, multivector
 from hnjax.mining import index as index_lib
-from hnjax.mining import multivector
 
 logger = logging.getLogger(__name__)
 
@@ -346,8 +346,8 @@ class Miner:
                     f"{'a MultiVectorIndex' if multi else 'a single-vector Index'}, got {type(idx).__name__}"
                 )
             return idx
-        name = default_backend(n_docs) if idx == "auto" else idx
-        base = index_lib.make_index(name, metric=self.metric)
+        name = backends.default_backend(n_docs) if idx == "auto" else idx
+        base = backends.make_index(name, metric=self.metric)
         if multi:
             return multivector.MultiVectorIndex(base, shortlist=min(4 * self._shortlist(n_docs), n_docs))
         return base
@@ -585,26 +585,3 @@ class Miner:
         else:
             s = index_lib.exact_scores(qs, docs[safe], metric=self.metric)
         return np.where(valid, s, np.inf).min(axis=1)
-
-
-def default_backend(n_docs: int) -> str:
-    """The backend ``index="auto"`` picks: exact search, on the accelerator if there is one.
-
-    - a GPU or TPU is the default JAX device: ``"exact"`` (blocked matmul + ``lax.top_k`` on the device; no build,
-      no transfer of the corpus to the host);
-    - CPU only: ``"flat"`` (FAISS ``IndexFlatIP``), the fastest exact search measured on CPU (docs/mining.md);
-      ``"exact"`` if FAISS is not installed.
-
-    Approximate backends are opt-in: their recall depends on how clustered the embeddings are (docs/mining.md shows
-    IVF far above 10x exact speed at recall >= 0.95 on tight clusters, and no gain on isotropic data), and a miss
-    silently changes which hard negatives are mined. Check recall on your own vectors with
-    ``experiments/bench_mining.py`` before switching.
-    """
-    del n_docs  # the choice does not depend on the corpus size yet
-    if jax.default_backend() != "cpu":
-        return "exact"
-    try:
-        index_lib._faiss()
-    except ImportError:
-        return "exact"
-    return "flat"

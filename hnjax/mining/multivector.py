@@ -31,7 +31,7 @@ def _split(vectors, name: str):
         tokens, mask = vectors
     else:
         tokens, mask = vectors, None
-    index_lib.check_vectors(tokens, name=name, dtypes=index_lib._DEVICE_DTYPES, ndim=3)
+    index_lib.check_vectors(tokens, name=name, dtypes=index_lib.DEVICE_DTYPES, ndim=3)
     tokens = np.asarray(tokens)
     if mask is None:
         mask = np.ones(tokens.shape[:2], bool)
