@@ -296,7 +296,8 @@ def blockwise_inbatch_ce(
             again in the backward pass) and hashable (a module-level function or ``functools.partial``).
         logit_fn: ``logit_fn(scores [b, n] float32, is_positive [b, n] bool) -> [b, n]`` logits, e.g.
             ``lambda s, pos: s / 0.05``. Pure and hashable; Python-float hyperparameters only (no tracers).
-        positives: [B] int column index of each row's positive in ``d``; default ``arange(B)`` (needs N ≥ B).
+        positives: [B] int column index of each row's positive in ``d``, in [0, N) (not checked on traced
+            values: an index outside it silently drops the positive term); default ``arange(B)`` (needs N ≥ B).
         block_size: columns per tile.
         row_block_size: rows per tile; default ``block_size``.
 
