@@ -16,7 +16,9 @@ All functions are pure and jit-able; static shapes, dtypes and Python hyper-para
 ``ValueError`` naming the argument, the expected and the actual value. Inputs may be bfloat16: everything from the
 logits on is computed in float32 and the loss is returned as float32 (float64 inputs stay float64, which the tests use
 for gradient checks). ``reduction="mean"`` (default) averages over the batch rows, ``reduction="none"`` returns the
-per-row losses ``[B]``.
+per-row losses ``[B]``. Padding never changes a loss: ``nce`` takes a candidate ``mask``, the in-batch losses a
+per-row ``valid`` mask (padding rows are neither anchors nor negatives) and optional example ``ids`` (in-batch
+duplicates of an anchor are not used as its negatives).
 """
 
 from __future__ import annotations
@@ -315,15 +317,17 @@ def _check_views(z1: jax.Array, z2: jax.Array, temperature, reduction: str) -> N
 _AXIS_DOC = """Cross-device negatives. Inside ``jax.shard_map`` (or ``jax.pmap``) over ``axis_name``, with the local
     rows ``z1, z2 [n, D]`` of a global batch ``N = n · axis_size`` split in device order, every device scores its own
     rows against the all-gathered columns (``[n, N]``; the global N×N matrix is never built on one device), with
-    labels ``axis_index · n + arange(n)``. Each device returns the same value: the mean over the **global** batch
-    (``psum`` of local sums / N), equal to the single-device loss on the concatenated batch. Gradients:
+    labels ``axis_index · n + arange(n)``. Each device returns the same value: the mean over the (valid rows of the)
+    **global** batch, ``psum`` of local sums / ``psum`` of local counts, equal to the single-device loss on the
+    concatenated batch. Gradients:
 
-    * ``jax.shard_map`` (``check_vma=True``, the default): differentiate the shard-mapped function from outside
+    * ``jax.shard_map`` with ``check_vma=True`` (the default): differentiate the shard-mapped function from outside
       (``out_specs=P()``), or take ``jax.grad`` inside w.r.t. replicated parameters; both give the global-batch
       gradient (JAX transposes ``psum`` and ``all_gather`` so that every row's owner gets its gradient). Do not
-      ``psum`` these gradients again.
-    * ``jax.pmap``: ``jax.grad`` inside gives ``axis_size`` × each device's share (pmap transposes ``psum`` into
-      ``psum``), so reduce gradients with ``jax.lax.pmean`` (the usual pmap idiom), not ``psum``.
+      reduce these gradients again.
+    * ``jax.pmap`` or ``jax.shard_map(..., check_vma=False)`` (the classic SPMD rule, used by ``hnjax.parallel``):
+      ``jax.grad`` inside gives ``axis_size`` × each device's share (``psum`` transposes into ``psum``), so reduce
+      gradients with ``jax.lax.pmean``, the usual data-parallel idiom, not ``psum``.
 
     With ``reduction="none"`` each device returns the losses of its own ``n`` rows and no collective is applied."""
 
@@ -366,7 +370,8 @@ def infonce(
         duplicates in a batch are not used as negatives. Gathered with the rows under ``axis_name``. The
         ``negatives`` columns are not masked.
       valid: optional ``[N]`` bool (local rows under ``axis_name``): False marks padding rows (added to fill a batch
-        or a device), which are neither anchors nor negatives: excluded from every softmax and from the mean.
+        or a device), which are neither anchors nor negatives: excluded from every softmax and from the mean. With
+        one negative per row (``M = N``) the negatives of padding rows are dropped too.
       reduction: ``"mean"`` over the (global) batch, or ``"none"`` for the local per-row losses ``[N]``.
 
     {axis_doc}

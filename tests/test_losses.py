@@ -294,22 +294,32 @@ def ref_cos(x, y):
     return out
 
 
-def _kept(ids, i, j):
-    return ids is None or i == j or ids[i] != ids[j]
+def _kept(ids, valid, i, j):
+    """Column j stays in row i's softmax: its own positive, or a non-duplicate, non-padding column."""
+    return i == j or ((ids is None or ids[i] != ids[j]) and (valid is None or valid[j]))
 
 
-def ref_infonce_rows(z1, z2, tau, symmetric=False, negatives=None, ids=None):
+def ref_mean(rows, valid=None):
+    return rows.mean() if valid is None else rows[valid].sum() / max(valid.sum(), 1)
+
+
+def ref_infonce_rows(z1, z2, tau, symmetric=False, negatives=None, ids=None, valid=None):
     s = ref_cos(z1, z2)
     n = s.shape[0]
-    neg = ref_cos(z1, negatives) / tau if negatives is not None else np.zeros((n, 0))
     rows = np.zeros(n)
     for i in range(n):
-        row = [s[i, j] / tau for j in range(n) if _kept(ids, i, j)] + list(neg[i])
+        row = [s[i, j] / tau for j in range(n) if _kept(ids, valid, i, j)]
+        if negatives is not None:  # one negative per row (M = N) is padded with its row
+            aligned = valid is not None and len(negatives) == n
+            row += [ref_cos(z1[i : i + 1], negatives[j : j + 1])[0, 0] / tau for j in range(len(negatives))
+                    if not aligned or valid[j]]  # fmt: skip
         rows[i] = np_logsumexp(row) - s[i, i] / tau
     if symmetric:
         for j in range(n):
-            col = [s[i, j] / tau for i in range(n) if _kept(ids, i, j)]
+            col = [s[i, j] / tau for i in range(n) if _kept(ids, valid, j, i)]
             rows[j] = 0.5 * (rows[j] + np_logsumexp(col) - s[j, j] / tau)
+    if valid is not None:
+        rows[~valid] = 0.0
     return rows
 
 
@@ -322,12 +332,15 @@ def ref_focal_logits(s, tau, m):
     return out
 
 
-def ref_focal_rows(z1, z2, tau, m, ids=None):
+def ref_focal_rows(z1, z2, tau, m, ids=None, valid=None):
     logits = ref_focal_logits(ref_cos(z1, z2), tau, m)
     n = logits.shape[0]
-    return np.array(
-        [np_logsumexp([logits[i, j] for j in range(n) if _kept(ids, i, j)]) - logits[i, i] for i in range(n)]
+    rows = np.array(
+        [np_logsumexp([logits[i, j] for j in range(n) if _kept(ids, valid, i, j)]) - logits[i, i] for i in range(n)]
     )
+    if valid is not None:
+        rows[~valid] = 0.0
+    return rows
 
 
 def views(seed, n, d, noise=1.0):
@@ -391,6 +404,29 @@ def test_inbatch_duplicate_ids_are_not_negatives(symmetric):
     # All ids equal: only the positive is left in every row, so the loss is 0.
     same = jnp.zeros(7, jnp.int32)
     assert float(infonce_jit(jnp.float32(z1), jnp.float32(z2), 0.1, symmetric, ids=same)) == 0.0
+
+
+@pytest.mark.parametrize("which", ["infonce_symmetric", "infonce_negatives", "focal"])
+def test_inbatch_valid_and_ids_match_reference(which):
+    z1, z2 = views(33, 7, 5)
+    neg = rng(34).normal(size=(7, 5))
+    ids = np.array([3, 1, 3, 2, 1, 3, 0])
+    valid = np.array([True, True, False, True, True, True, False])
+    args = (jnp.float32(z1), jnp.float32(z2), jnp.float32(neg), jnp.asarray(ids), jnp.asarray(valid))
+    if which == "focal":
+        fn = lambda a, b, c, d, v, r: losses.focal_infonce(a, b, 0.1, 0.3, ids=d, valid=v, reduction=r)
+        rows = ref_focal_rows(z1, z2, 0.1, 0.3, ids, valid)
+    elif which == "infonce_symmetric":
+        fn = lambda a, b, c, d, v, r: losses.infonce(a, b, 0.1, True, ids=d, valid=v, reduction=r)
+        rows = ref_infonce_rows(z1, z2, 0.1, True, None, ids, valid)
+    else:
+        fn = lambda a, b, c, d, v, r: losses.infonce(a, b, 0.1, negatives=c, ids=d, valid=v, reduction=r)
+        rows = ref_infonce_rows(z1, z2, 0.1, False, neg, ids, valid)
+    fn = jax.jit(fn, static_argnums=5)
+    np.testing.assert_allclose(fn(*args, "none"), rows, rtol=RTOL, atol=1e-6)
+    np.testing.assert_allclose(fn(*args, "mean"), ref_mean(rows, valid), rtol=RTOL)
+    # No valid row at all: loss 0 (not NaN).
+    assert float(fn(*args[:4], jnp.zeros(7, bool), "mean")) == 0.0
 
 
 def _unit(c):
@@ -519,24 +555,47 @@ _CASES = {
     "infonce_negatives": lambda axis: lambda a, b, c: losses.infonce(a, b, 0.1, axis_name=axis, negatives=c),
     "focal": lambda axis: lambda a, b, c: losses.focal_infonce(a, b, 0.1, 0.3, axis),
     "infonce_ids": lambda axis: lambda a, b, c: losses.infonce(a, b, 0.1, True, axis, ids=_device_ids(axis)),
-    "focal_ids": lambda axis: lambda a, b, c: losses.focal_infonce(a, b, 0.1, 0.3, axis, ids=_device_ids(axis)),
+    "focal_ids_valid": lambda axis: (
+        lambda a, b, c: losses.focal_infonce(
+            a, b, 0.1, 0.3, axis, ids=_device_rows(GLOBAL_IDS, axis), valid=_device_rows(GLOBAL_VALID, axis)
+        )
+    ),
+    "infonce_negatives_ids_valid": lambda axis: (
+        lambda a, b, c: losses.infonce(
+            a,
+            b,
+            0.1,
+            axis_name=axis,
+            negatives=c,
+            ids=_device_rows(GLOBAL_IDS, axis),
+            valid=_device_rows(GLOBAL_VALID, axis),
+        )
+    ),  # fmt: skip
 }
 GLOBAL_IDS = np.arange(N_GLOBAL) % 5  # duplicates on other devices (rows 0, 5, 10, 15 share id 0, ...)
+GLOBAL_VALID = np.arange(N_GLOBAL) % 7 != 3  # padding rows 3 and 10, on devices 1 and 5
+
+
+def _device_rows(x, axis):
+    """This device's rows of a global per-row array (all of it on one device)."""
+    if axis is None:
+        return jnp.asarray(x)
+    n = N_GLOBAL // N_DEV
+    return jax.lax.dynamic_slice(jnp.asarray(x), (jax.lax.axis_index(axis) * n,), (n,))
 
 
 def _device_ids(axis):
-    if axis is None:
-        return jnp.asarray(GLOBAL_IDS)
-    n = N_GLOBAL // N_DEV
-    return jax.lax.dynamic_slice(jnp.asarray(GLOBAL_IDS), (jax.lax.axis_index(axis) * n,), (n,))
+    return _device_rows(GLOBAL_IDS, axis)
 
 
 def _ref_global(case, z1, z2, neg):
-    ids = GLOBAL_IDS if case.endswith("_ids") else None
+    ids = GLOBAL_IDS if "_ids" in case else None
+    valid = GLOBAL_VALID if case.endswith("_valid") else None
     if case.startswith("focal"):
-        return ref_focal_rows(z1, z2, 0.1, 0.3, ids).mean()
+        return ref_mean(ref_focal_rows(z1, z2, 0.1, 0.3, ids, valid), valid)
     symmetric = case == "infonce_ids"
-    return ref_infonce_rows(z1, z2, 0.1, symmetric, neg if case == "infonce_negatives" else None, ids).mean()
+    neg = neg if case.startswith("infonce_negatives") else None
+    return ref_mean(ref_infonce_rows(z1, z2, 0.1, symmetric, neg, ids, valid), valid)
 
 
 def test_cross_device_reference_detects_wrong_label_offset():
@@ -565,13 +624,19 @@ def test_shard_map_equals_single_device_value_and_gradient(case):
     np.testing.assert_allclose(value, ref_value, rtol=1e-6)
     for g, rg in zip(grads, ref_grads):
         np.testing.assert_allclose(g, rg, rtol=1e-6, atol=1e-12)
-    if case != "infonce_negatives":
+    if not case.startswith("infonce_negatives"):
         assert np.all(np.asarray(grads[2]) == 0)
+    if case.endswith("_valid"):  # padding rows get no gradient
+        assert np.all(np.asarray(grads[0])[~GLOBAL_VALID] == 0) and np.all(np.asarray(grads[1])[~GLOBAL_VALID] == 0)
 
 
-@pytest.mark.parametrize("case", ["infonce_negatives", "focal_ids"])
-def test_pmap_equals_single_device_value_and_gradient(case):
-    # Replicated parameter w (a linear projection), data sharded: the usual data-parallel step.
+@pytest.mark.parametrize(
+    "case,mode",
+    [("infonce_negatives", "pmap"), ("focal_ids_valid", "pmap"), ("infonce_negatives_ids_valid", "classic")],
+)
+def test_grad_inside_then_pmean_equals_single_device(case, mode):
+    # The classic SPMD step (jax.pmap, or jax.shard_map with check_vma=False): replicated parameter w (a linear
+    # projection), data sharded, jax.grad inside, then lax.pmean of the gradient.
     z1, z2, neg = _global_views()
     w = rng(22).normal(size=(WIDTH, WIDTH))
     n = N_GLOBAL // N_DEV
@@ -584,14 +649,26 @@ def test_pmap_equals_single_device_value_and_gradient(case):
         return value, jax.lax.pmean(gw, "data"), ga
 
     with jax.enable_x64():
-        shard = lambda x: jnp.asarray(x).reshape(N_DEV, n, WIDTH)
-        value, gw, ga = jax.pmap(step, axis_name="data", in_axes=(None, 0, 0, 0))(w, shard(z1), shard(z2), shard(neg))
+        if mode == "pmap":
+            shard = lambda x: jnp.asarray(x).reshape(N_DEV, n, WIDTH)
+            value, gw, ga = jax.pmap(step, axis_name="data", in_axes=(None, 0, 0, 0))(
+                w, shard(z1), shard(z2), shard(neg)
+            )
+        else:
+            mesh = jax.make_mesh((N_DEV,), ("data",))
+            rep, row = jax.sharding.PartitionSpec(), jax.sharding.PartitionSpec("data")
+            put = lambda x, spec: jax.device_put(jnp.asarray(x), jax.sharding.NamedSharding(mesh, spec))
+            mapped = jax.shard_map(
+                step, mesh=mesh, in_specs=(rep, row, row, row), out_specs=(rep, rep, row), check_vma=False
+            )
+            value, gw, ga = jax.jit(mapped)(put(w, rep), put(z1, row), put(z2, row), put(neg, row))
+            value, gw, ga = np.full(N_DEV, value), np.broadcast_to(gw, (N_DEV, WIDTH, WIDTH)), np.asarray(ga)
         single = jax.jit(jax.value_and_grad(functools.partial(loss, _CASES[case](None)), argnums=(0, 1)))
         ref_value, (ref_gw, ref_ga) = single(w, z1, z2, neg)
     np.testing.assert_allclose(value, np.full(N_DEV, _ref_global(case, z1 @ w, z2 @ w, neg @ w)), rtol=1e-6)
     np.testing.assert_allclose(value, np.full(N_DEV, ref_value), rtol=1e-6)
     np.testing.assert_allclose(gw, np.broadcast_to(ref_gw, (N_DEV, WIDTH, WIDTH)), rtol=1e-6, atol=1e-12)
-    # Input gradients inside pmap are axis_size x each device's share of the global gradient (documented).
+    # Input gradients inside are axis_size x each device's share of the global gradient (documented).
     np.testing.assert_allclose(np.asarray(ga).reshape(N_GLOBAL, WIDTH) / N_DEV, ref_ga, rtol=1e-6, atol=1e-12)
 
 
@@ -672,7 +749,7 @@ def test_inbatch_valid_mask_equals_the_unpadded_batch(which):
         return losses.infonce(a, b, 0.1, valid=v)
 
     padded = jax.jit(jax.value_and_grad(lambda a: run(a, z2, neg, valid)))(z1)
-    plain = jax.value_and_grad(lambda a: run(a, z2[:4], neg[:4], None))(z1[:4])
+    plain = jax.jit(jax.value_and_grad(lambda a: run(a, z2[:4], neg[:4], None)))(z1[:4])
     np.testing.assert_allclose(float(padded[0]), float(plain[0]), rtol=1e-5)
     np.testing.assert_allclose(np.asarray(padded[1])[:4], np.asarray(plain[1]), rtol=1e-4, atol=1e-6)
     np.testing.assert_array_equal(np.asarray(padded[1])[4:], 0.0)
@@ -680,22 +757,7 @@ def test_inbatch_valid_mask_equals_the_unpadded_batch(which):
     np.testing.assert_array_equal(np.asarray(per_row)[4:], 0.0)
 
 
-def test_inbatch_valid_mask_sharded_equals_single_device():
-    rng = np.random.default_rng(12)
-    z1, z2 = (rng.normal(size=(16, 4)).astype(np.float32) for _ in range(2))
-    valid = np.arange(16) % 3 != 2
-    mesh = jax.make_mesh((8,), ("data",))
-    spec = jax.sharding.PartitionSpec("data")
-
-    def sharded(a, b, v):
-        f = lambda a, b, v: losses.focal_infonce(a, b, 0.1, 0.3, axis_name="data", valid=v)  # noqa: E731
-        return jax.shard_map(f, mesh=mesh, in_specs=(spec, spec, spec), out_specs=jax.sharding.PartitionSpec())(a, b, v)
-
-    placed = (jax.device_put(x, jax.sharding.NamedSharding(mesh, spec)) for x in (z1, z2, valid))
-    got = jax.jit(jax.value_and_grad(sharded))(*placed)
-    want = jax.value_and_grad(lambda a: losses.focal_infonce(a, z2, 0.1, 0.3, valid=valid))(z1)
-    np.testing.assert_allclose(float(got[0]), float(want[0]), rtol=1e-5)
-    np.testing.assert_allclose(np.asarray(got[1]), np.asarray(want[1]), rtol=1e-4, atol=1e-6)
+# The sharded valid mask is covered by test_shard_map_equals_single_device_value_and_gradient[*_valid].
 
 
 def test_inbatch_valid_mask_is_checked():
