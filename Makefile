@@ -32,7 +32,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff format --check hnjax experiments tests
 	$(VENV)/bin/ruff check hnjax experiments tests
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --durations=15
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff format hnjax experiments tests
