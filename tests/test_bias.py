@@ -148,6 +148,22 @@ def test_three_labels_log_q_left_unrenormalised_is_biased():
     assert np.linalg.norm(ref) > 0.05
 
 
+@pytest.mark.parametrize("replace", [True, False])
+def test_log_q_corrected_model_negatives_with_replacement_are_unbiased_everywhere(replace):
+    # With q = the current model distribution (gold excluded, renormalised) every corrected negative score equals
+    # log(Z (1 - p_y) / k), so the loss is CE for every draw and, with replacement, the expected gradient is the CE
+    # gradient at any theta, not only at the optimum; without replacement it is not.
+    rng = np.random.default_rng(5)
+    theta = jnp.asarray(rng.normal(size=5) * 1.5, jnp.float32)
+    pop = jnp.asarray(rng.dirichlet(np.ones(5))[None], jnp.float32)
+    sampler = bias.NegativeSampler("model", k=2, replace=replace, log_q_correction="renormalized")
+    nce, g = bias.nce_gradient(identity_scores, theta, pop, sampler=sampler, exact=True)
+    ce, g_ce = bias.ce_gradient(identity_scores, theta, pop)
+    np.testing.assert_allclose(float(nce), float(ce), rtol=1e-5)
+    gap = float(jnp.linalg.norm(g - g_ce))
+    assert gap < 1e-6 if replace else gap > 1e-2
+
+
 class TinyMLP(nn.Module):
     @nn.compact
     def __call__(self, x):
@@ -264,6 +280,32 @@ def test_monte_carlo_converges_to_the_exact_expectation():
     assert errors[1024] < 0.02 * float(jnp.linalg.norm(exact)) + 1e-3, errors
 
 
+def test_max_rows_keeps_the_heaviest_rows_only():
+    rng = np.random.default_rng(2)
+    s = jnp.asarray(rng.normal(size=(2, 7)), jnp.float32)
+    pop = np.zeros((2, 7))
+    pop[0, [1, 4]] = [0.5, 0.2]
+    pop[1, 3] = 0.3
+    pop = jnp.asarray(pop, jnp.float32)
+    sampler = bias.NegativeSampler("top_k", k=3)  # deterministic: the Monte-Carlo estimate is exact
+    key = jax.random.key(0)
+    full = bias.nce_gradient(identity_scores_2d, s, pop, key, sampler=sampler, num_draws=1)
+    kept = bias.nce_gradient(identity_scores_2d, s, pop, key, sampler=sampler, num_draws=1, max_rows=3)
+    np.testing.assert_allclose(float(kept[0]), float(full[0]), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(kept[1]), np.asarray(full[1]), rtol=1e-6, atol=1e-7)
+    # max_rows=2 drops the row (input 0, gold 4) of weight 0.2
+    dropped = bias.nce_gradient(identity_scores_2d, s, pop, key, sampler=sampler, num_draws=1, max_rows=2)
+    only = np.zeros(7)
+    only[4] = 0.2
+    ref, _ = np_expected_nce(np.asarray(s[0], np.float64), only, "top_k", 3)
+    np.testing.assert_allclose(float(full[0]) - float(dropped[0]), ref, rtol=1e-4)
+    assert bias.dropped_weight(pop, 3) == 0.0 and abs(bias.dropped_weight(pop, 2) - 0.2) < 1e-7
+
+
+def identity_scores_2d(theta):
+    return theta
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Samplers: stated distributions, exclusion, counts
 # ---------------------------------------------------------------------------------------------------------------------
@@ -331,14 +373,19 @@ def test_samplers_never_draw_excluded_labels_and_no_duplicates_without_replaceme
     exclude = exclude.at[:, :4].set(False).at[jnp.arange(500), jnp.arange(500) % 12].set(True)
     scores = jax.random.normal(jax.random.key(3), (500, 12))
     k = 3
-    outs = {
-        "uniform": bias.uniform_negatives(key, exclude, k)[0],
-        "uniform-replace": bias.uniform_negatives(key, exclude, k, replace=True)[0],
-        "model": bias.model_negatives(key, scores, exclude, k, smoothing=0.3)[0],
-        "model-replace": bias.model_negatives(key, scores, exclude, k, replace=True)[0],
-        "top_k": bias.top_k_negatives(scores, exclude, k),
-        "mixed": bias.mixed_negatives(key, scores, exclude, k, hard_share=0.34),
-    }
+
+    @jax.jit
+    def draw_all(key, scores, exclude):
+        return {
+            "uniform": bias.uniform_negatives(key, exclude, k)[0],
+            "uniform-replace": bias.uniform_negatives(key, exclude, k, replace=True)[0],
+            "model": bias.model_negatives(key, scores, exclude, k, smoothing=0.3)[0],
+            "model-replace": bias.model_negatives(key, scores, exclude, k, replace=True)[0],
+            "top_k": bias.top_k_negatives(scores, exclude, k),
+            "mixed": bias.mixed_negatives(key, scores, exclude, k, hard_share=0.34),
+        }
+
+    outs = draw_all(key, scores, exclude)
     for name, ids in outs.items():
         ids = np.asarray(ids)
         assert ids.shape == (500, k), name
@@ -477,6 +524,7 @@ def test_bias_along_trajectory_small():
     assert max(out["hard_bias"]) < 1e-4 and min(out["random_bias"]) > 1e-3
 
 
+@pytest.mark.slow  # a subprocess that compiles the experiment; check_interfaces.py runs the script too
 def test_experiment_script_smoke(tmp_path):
     out = tmp_path / "run"
     cmd = [
