@@ -6,6 +6,12 @@ drawing the negatives from the model distribution (hard negatives) reduces that 
 * negative samplers over a finite label set, each returning the sampled label ids (and, where the distribution is
   stochastic, their log-probabilities ``log q`` for the log-q corrected NCE of ``hnjax.losses.nce``):
   ``uniform_negatives``, ``model_negatives``, ``top_k_negatives`` and ``mixed_negatives``;
+* ``NegativeSampler``, a static description of a negative distribution (and of its log-q correction);
+* the objectives ``ce_loss``, ``nce_loss`` (Monte Carlo) and ``nce_loss_exact`` (enumeration), their gradients
+  ``ce_gradient`` / ``nce_gradient`` for any score function ``params -> scores [B, N]``, and ``gradient_bias`` =
+  ||grad J_CE - grad J_NCE||_2 over all parameters;
+* the pieces of the paper's synthetic experiment (``synthetic_population``, ``init_synthetic_model``,
+  ``synthetic_trajectory``, ``bias_along_trajectory``, ``synthetic_experiment``).
 
 Shapes: B rows (inputs, or (input, gold) pairs), N labels, k sampled negatives per row, K = k + 1 candidates.
 ``exclude`` is a boolean ``[B, N]`` mask, True where a label may never be sampled for that row (its gold and any
