@@ -55,6 +55,8 @@ def parse_args(argv=None):
     p.add_argument("--max-length", type=int, default=32, help="tokens per sentence (default 32)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="encoder compute dtype")
     p.add_argument("--eval-batch-size", type=int, default=128, help="sentences per evaluation call")
+    p.add_argument("--no-start-eval", dest="start_eval", action="store_false",
+                   help="do not evaluate the starting encoder (step 0 of the dev curve)")  # fmt: skip
     defaults = config_lib.TrainConfig(batch_size=64, lr=3e-5, eval_every=125, max_steps=1)
     config_lib.add_train_arguments(p, defaults)
     p.set_defaults(max_steps=None)
@@ -129,7 +131,7 @@ def main(argv=None) -> dict:
 
     extra = {k: getattr(args, k) for k in ("corpus", "loss", "model", "pooling", "temperature", "margin",
                                            "max_length", "dtype")}  # fmt: skip
-    if not args.resume:  # evaluate the starting point too, so the curve starts at step 0
+    if args.start_eval and not args.resume:  # evaluate the starting point too, so the curve starts at step 0
         os.makedirs(out, exist_ok=True)
         start = {"step": 0, "stsb_dev_spearman": dev_spearman(encoder_params)}
         (out / "dev_start.json").write_text(json.dumps(start))
