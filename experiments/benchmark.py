@@ -84,7 +84,7 @@ TEMPERATURE, MARGIN = 0.05, 0.3
 
 QUICK = dict(
     ret_batch=2, ret_cands=8, ret_min_len=32, ret_max_len=64, sim_batch=16, sim_min_len=8, sim_max_len=32,
-    loss_batch=64, rounds=3, round_seconds=2.0, batches=1, impls="hnjax,pytorch",
+    loss_batch=64, rounds=2, round_seconds=1.0, batches=1, impls="hnjax,pytorch",
 )  # fmt: skip
 FULL = dict(
     ret_batch=2, ret_cands=64, ret_min_len=32, ret_max_len=128, sim_batch=64, sim_min_len=8, sim_max_len=32,
