@@ -33,7 +33,7 @@ import matplotlib
 import numpy as np
 import tqdm
 
-from hnjax import bias
+from hnjax import bias, bias_synthetic
 
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt  # noqa: E402
@@ -502,7 +502,7 @@ def main(argv=None):
     for seed in seeds:
         bar.set_description(f"seed {seed}")
         t0 = time.perf_counter()
-        per_seed[seed] = bias.synthetic_experiment(
+        per_seed[seed] = bias_synthetic.synthetic_experiment(
             jax.random.key(seed),
             samplers,
             num_labels=args.num_labels,

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from hnjax import bias
+from hnjax import bias, bias_synthetic, samplers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -333,7 +333,7 @@ SCORES = np.array([3.0, 1.0, 2.5, 0.0, -1.0, 0.5])
 
 @pytest.mark.parametrize("replace", [False, True])
 def test_uniform_negatives_distribution(replace):
-    ids, log_q = jax.jit(lambda key, ex: bias.uniform_negatives(key, ex, 2, replace=replace))(
+    ids, log_q = jax.jit(lambda key, ex: samplers.uniform_negatives(key, ex, 2, replace=replace))(
         jax.random.key(0), rows_of(EXCL)
     )
     allowed = np.flatnonzero(~EXCL)
@@ -348,7 +348,7 @@ def test_uniform_negatives_distribution(replace):
 @pytest.mark.parametrize("temperature,smoothing", [(1.0, 0.0), (0.5, 0.1)])
 def test_model_negatives_distribution(replace, temperature, smoothing):
     ids, log_q = jax.jit(
-        lambda key, s, ex: bias.model_negatives(
+        lambda key, s, ex: samplers.model_negatives(
             key, s, ex, 2, temperature=temperature, smoothing=smoothing, replace=replace
         )
     )(jax.random.key(1), rows_of(SCORES.astype(np.float32)), rows_of(EXCL))
@@ -377,12 +377,12 @@ def test_samplers_never_draw_excluded_labels_and_no_duplicates_without_replaceme
     @jax.jit
     def draw_all(key, scores, exclude):
         return {
-            "uniform": bias.uniform_negatives(key, exclude, k)[0],
-            "uniform-replace": bias.uniform_negatives(key, exclude, k, replace=True)[0],
-            "model": bias.model_negatives(key, scores, exclude, k, smoothing=0.3)[0],
-            "model-replace": bias.model_negatives(key, scores, exclude, k, replace=True)[0],
-            "top_k": bias.top_k_negatives(scores, exclude, k),
-            "mixed": bias.mixed_negatives(key, scores, exclude, k, hard_share=0.34),
+            "uniform": samplers.uniform_negatives(key, exclude, k)[0],
+            "uniform-replace": samplers.uniform_negatives(key, exclude, k, replace=True)[0],
+            "model": samplers.model_negatives(key, scores, exclude, k, smoothing=0.3)[0],
+            "model-replace": samplers.model_negatives(key, scores, exclude, k, replace=True)[0],
+            "top_k": samplers.top_k_negatives(scores, exclude, k),
+            "mixed": samplers.mixed_negatives(key, scores, exclude, k, hard_share=0.34),
         }
 
     outs = draw_all(key, scores, exclude)
@@ -399,7 +399,7 @@ def test_top_k_negatives_matches_numpy():
     scores = rng.normal(size=(7, 9)).astype(np.float32)
     exclude = rng.random((7, 9)) < 0.3
     exclude[:, 0] = True
-    ids = np.asarray(jax.jit(lambda s, e: bias.top_k_negatives(s, e, 4))(scores, exclude))
+    ids = np.asarray(jax.jit(lambda s, e: samplers.top_k_negatives(s, e, 4))(scores, exclude))
     for r in range(7):
         ref = [i for i in np.argsort(-scores[r], kind="stable") if not exclude[r, i]][:4]
         assert ids[r].tolist() == ref
@@ -411,9 +411,9 @@ def test_mixed_negatives_hard_and_random_counts(p, h):
     scores = np.arange(n, dtype=np.float32)[::-1].copy()  # label 0 highest
     exclude = np.zeros(n, bool)
     exclude[1] = True  # gold 1
-    assert bias.mixed_hard_count(k, p) == h
+    assert samplers.mixed_hard_count(k, p) == h
     ids = np.asarray(
-        jax.jit(lambda key, s, e: bias.mixed_negatives(key, s, e, k, hard_share=p))(
+        jax.jit(lambda key, s, e: samplers.mixed_negatives(key, s, e, k, hard_share=p))(
             jax.random.key(5), rows_of(scores), rows_of(exclude)
         )
     )
@@ -429,19 +429,19 @@ def test_mixed_negatives_hard_and_random_counts(p, h):
 
 
 def test_mixed_hard_count_rounding():
-    assert bias.mixed_hard_count(64, 0.5) == 32
-    assert bias.mixed_hard_count(5, 0.5) == 3  # halves round up (as hard-nce-el's k - int(k * (1 - p)))
-    assert bias.mixed_hard_count(3, 0.5) == 2
-    assert bias.mixed_hard_count(4, 0.3) == 1
-    assert bias.mixed_hard_count(4, 0.0) == 0 and bias.mixed_hard_count(4, 1.0) == 4
+    assert samplers.mixed_hard_count(64, 0.5) == 32
+    assert samplers.mixed_hard_count(5, 0.5) == 3  # halves round up (as hard-nce-el's k - int(k * (1 - p)))
+    assert samplers.mixed_hard_count(3, 0.5) == 2
+    assert samplers.mixed_hard_count(4, 0.3) == 1
+    assert samplers.mixed_hard_count(4, 0.0) == 0 and samplers.mixed_hard_count(4, 1.0) == 4
 
 
 def test_rows_with_too_few_allowed_labels_under_jit():
     exclude = jnp.array([[True, True, True, False, True], [True, False, False, False, False]])
     scores = jnp.zeros((2, 5))
     for fn in (
-        lambda key, e: bias.uniform_negatives(key, e, 2),
-        lambda key, e: bias.model_negatives(key, scores, e, 2),
+        lambda key, e: samplers.uniform_negatives(key, e, 2),
+        lambda key, e: samplers.model_negatives(key, scores, e, 2),
     ):
         ids, log_q = jax.jit(fn)(jax.random.key(0), exclude)
         assert int(ids[0, 0]) == 3 and np.isfinite(float(log_q[0, 0]))
@@ -453,21 +453,21 @@ def test_validation_errors():
     ex = jnp.eye(4, dtype=bool)
     key = jax.random.key(0)
     with pytest.raises(ValueError, match="k: expected at most N - 1 = 3"):
-        bias.uniform_negatives(key, ex, 4)
+        samplers.uniform_negatives(key, ex, 4)
     with pytest.raises(ValueError, match="row 0 of exclude allows only 2"):
-        bias.uniform_negatives(key, ex.at[0, 1].set(True), 3)
+        samplers.uniform_negatives(key, ex.at[0, 1].set(True), 3)
     with pytest.raises(ValueError, match="exclude: expected dtype bool"):
-        bias.uniform_negatives(key, ex.astype(jnp.int32), 2)
+        samplers.uniform_negatives(key, ex.astype(jnp.int32), 2)
     with pytest.raises(ValueError, match="scores: expected shape"):
-        bias.model_negatives(key, jnp.zeros((4, 5)), ex, 2)
+        samplers.model_negatives(key, jnp.zeros((4, 5)), ex, 2)
     with pytest.raises(ValueError, match="temperature"):
-        bias.model_negatives(key, jnp.zeros((4, 4)), ex, 2, temperature=0.0)
+        samplers.model_negatives(key, jnp.zeros((4, 4)), ex, 2, temperature=0.0)
     with pytest.raises(ValueError, match="smoothing"):
-        bias.model_negatives(key, jnp.zeros((4, 4)), ex, 2, smoothing=1.5)
+        samplers.model_negatives(key, jnp.zeros((4, 4)), ex, 2, smoothing=1.5)
     with pytest.raises(ValueError, match="hard_share"):
-        bias.mixed_negatives(key, jnp.zeros((4, 4)), ex, 2, hard_share=1.2)
+        samplers.mixed_negatives(key, jnp.zeros((4, 4)), ex, 2, hard_share=1.2)
     with pytest.raises(ValueError, match="k: expected at least 1"):
-        bias.top_k_negatives(jnp.zeros((4, 4)), ex, 0)
+        samplers.top_k_negatives(jnp.zeros((4, 4)), ex, 0)
     with pytest.raises(ValueError, match="log_q_correction"):
         bias.NegativeSampler("top_k", k=2, log_q_correction="renormalized")
     with pytest.raises(ValueError, match="kind"):
@@ -484,38 +484,39 @@ def test_validation_errors():
 
 
 def test_synthetic_model_matches_the_official_architecture():
-    params = bias.init_synthetic_model(jax.random.key(0))
+    params = bias_synthetic.init_synthetic_model(jax.random.key(0))
     assert sum(x.size for x in jax.tree.leaves(params)) == 391_600  # 300 + 300*300 + 300 + 300*1000 + 1000
     bound = 1 / math.sqrt(300)
     assert float(jnp.abs(params["w2"]).max()) <= bound and float(jnp.abs(params["b1"]).max()) <= bound
     assert abs(float(params["e"].std()) - 1.0) < 0.15
-    s = bias.synthetic_scores(params)
+    s = bias_synthetic.synthetic_scores(params)
     e, w1, b1, w2, b2 = (np.asarray(params[k], np.float64) for k in ("e", "w1", "b1", "w2", "b2"))
     np.testing.assert_allclose(np.asarray(s[0]), np.maximum(e @ w1 + b1, 0) @ w2 + b2, rtol=1e-4, atol=1e-5)
 
 
 def test_synthetic_population_and_training():
-    pop = bias.synthetic_population(jax.random.key(0), 50, 0.01)
+    pop = bias_synthetic.synthetic_population(jax.random.key(0), 50, 0.01)
     u = np.asarray(jax.random.uniform(jax.random.key(0), (50,)), np.float64)
     np.testing.assert_allclose(np.asarray(pop), np_softmax(u / 0.01), rtol=1e-4, atol=1e-7)
     ref_entropy = -(np_softmax(u / 0.01) * np.log(np_softmax(u / 0.01))).sum()
-    assert abs(bias.population_entropy(pop) - ref_entropy) < 1e-4
-    params = bias.init_synthetic_model(jax.random.key(1), 50, 16)
-    traj, train_loss = bias.synthetic_trajectory(jax.random.key(2), pop, params, steps=40, lr=1e-2)
+    assert abs(bias_synthetic.population_entropy(pop) - ref_entropy) < 1e-4
+    params = bias_synthetic.init_synthetic_model(jax.random.key(1), 50, 16)
+    traj, train_loss = bias_synthetic.synthetic_trajectory(jax.random.key(2), pop, params, steps=40, lr=1e-2)
     assert traj["w2"].shape == (40, 16, 50)
     ce = [
-        float(bias.ce_loss(bias.synthetic_scores(jax.tree.map(lambda x, t=t: x[t], traj)), pop[None])) for t in (0, 39)
+        float(bias.ce_loss(bias_synthetic.synthetic_scores(jax.tree.map(lambda x, t=t: x[t], traj)), pop[None]))
+        for t in (0, 39)
     ]
     assert ce[1] < ce[0] - 0.5
 
 
 def test_bias_along_trajectory_small():
-    pop = bias.synthetic_population(jax.random.key(0), 20, 0.05)
-    params = bias.init_synthetic_model(jax.random.key(1), 20, 8)
-    traj, _ = bias.synthetic_trajectory(jax.random.key(2), pop, params, steps=3)
+    pop = bias_synthetic.synthetic_population(jax.random.key(0), 20, 0.05)
+    params = bias_synthetic.init_synthetic_model(jax.random.key(1), 20, 8)
+    traj, _ = bias_synthetic.synthetic_trajectory(jax.random.key(2), pop, params, steps=3)
     samplers = {"hard": bias.NegativeSampler("model", k=19), "random": bias.NegativeSampler("uniform", k=3)}
     calls = []
-    out = bias.bias_along_trajectory(
+    out = bias_synthetic.bias_along_trajectory(
         jax.random.key(3), traj, pop, samplers, num_draws=2, callback=lambda: calls.append(1)
     )
     assert len(calls) == 6 and all(len(v) == 3 for v in out.values())
@@ -557,3 +558,8 @@ def test_experiment_script_smoke(tmp_path):
     np.testing.assert_allclose(r["hard_bias"], np.mean([r["per_seed"][s]["hard_bias"] for s in "01"], axis=0))
     for png in ("bias.png", "loss.png", "extensions.png"):
         assert (out / png).stat().st_size > 1000
+
+
+def test_samplers_are_reexported_by_bias():
+    for name in ("uniform_negatives", "model_negatives", "top_k_negatives", "mixed_negatives", "mixed_hard_count"):
+        assert getattr(bias, name) is getattr(samplers, name)

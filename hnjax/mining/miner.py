@@ -9,13 +9,13 @@ One refresh (``Miner.refresh``):
 3. masks every gold id of the query (and, with the false-negative guard, every shortlisted document scoring above the
    weakest gold minus a margin) and picks K−1 negatives per query with a ``Recipe``:
 
-   - ``"hard"``: the top K−1 allowed documents of the shortlist (deterministic; ``hnjax.bias.top_k_negatives``);
+   - ``"hard"``: the top K−1 allowed documents of the shortlist (deterministic; ``hnjax.samplers.top_k_negatives``);
    - ``"random"``: K−1 uniform draws without replacement from the whole corpus minus the golds (host NumPy: a
      ``[Q, N]`` exclusion mask would not fit for large corpora; this recipe needs no encoding at all);
    - ``"mixed"``: round(p·(K−1)) hard ones from the shortlist, the rest uniform from the corpus minus the golds and
      the hard ones (Zhang & Stratos 2021: p = 0.5, re-drawn every refresh);
    - ``"model"``: K−1 draws without replacement from q(y) ∝ exp(s(y)/T) over the allowed shortlist (Gumbel top-k;
-     ``hnjax.bias.model_negatives``), returning log q for the log-q corrected loss. q is the model distribution
+     ``hnjax.samplers.model_negatives``), returning log q for the log-q corrected loss. q is the model distribution
      truncated to the shortlist (exact when S = N).
 
    If guard exclusions leave fewer than the hard count in the shortlist, the missing negatives are drawn uniformly
@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from hnjax import bias
+from hnjax import samplers
 from hnjax.mining import backends, multivector
 from hnjax.mining import index as index_lib
 
@@ -59,9 +59,9 @@ class Recipe:
 
     Attributes:
       kind: ``"hard"``, ``"random"``, ``"mixed"`` or ``"model"`` (see the module docstring).
-      hard_share: p, share of hard negatives for ``"mixed"`` (hard count = ``bias.mixed_hard_count(K−1, p)``).
+      hard_share: p, share of hard negatives for ``"mixed"`` (hard count = ``samplers.mixed_hard_count(K−1, p)``).
       temperature: T of the model distribution for ``"model"``.
-      smoothing: uniform mixing weight of the model distribution for ``"model"`` (see ``bias.model_negatives``).
+      smoothing: uniform mixing weight of the model distribution for ``"model"`` (see ``samplers.model_negatives``).
       false_negative_margin: None (off) or m: shortlisted documents with score > min_gold_score − m are never used
         as negatives (likely unlabeled positives; ``absolute_margin`` of sentence-transformers'
         ``mine_hard_negatives``). m may be negative to allow candidates slightly above the gold.
@@ -89,7 +89,7 @@ class Recipe:
             return num_negatives
         if self.kind == "random":
             return 0
-        return bias.mixed_hard_count(num_negatives, self.hard_share)
+        return samplers.mixed_hard_count(num_negatives, self.hard_share)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -169,13 +169,13 @@ _CHUNK = 1024  # queries per jitted sampler call (padded: one compiled shape)
 
 @functools.partial(jax.jit, static_argnames=("k",))
 def _top_k_chunk(scores, exclude, *, k):
-    ids = bias.top_k_negatives(scores, exclude, k)
+    ids = samplers.top_k_negatives(scores, exclude, k)
     return ids, jnp.zeros(ids.shape, jnp.float32)
 
 
 @functools.partial(jax.jit, static_argnames=("k", "temperature", "smoothing"))
 def _model_chunk(key, scores, exclude, *, k, temperature, smoothing):
-    return bias.model_negatives(key, scores, exclude, k, temperature=temperature, smoothing=smoothing)
+    return samplers.model_negatives(key, scores, exclude, k, temperature=temperature, smoothing=smoothing)
 
 
 def uniform_excluding(rng: np.random.Generator, n_docs: int, excluded: np.ndarray, k: int) -> np.ndarray:
