@@ -154,7 +154,6 @@ def main(argv=None) -> dict:
         {"step": e["step"], "stsb_dev_spearman": e["stsb_dev_spearman"]}
         for e in metrics.read_jsonl(str(out / "eval.jsonl")) if "stsb_dev_spearman" in e
     ]  # fmt: skip
-    losses = [r["loss"] for r in metrics.read_jsonl(str(out / "metrics.jsonl"))]
     results = {
         "loss": args.loss,
         "seed": args.seed,
@@ -163,13 +162,12 @@ def main(argv=None) -> dict:
         "best_step": best["step"],
         "dev_curve": curve,
         "final": final,
-        "train_loss_first_last": [losses[0], losses[-1]] if losses else None,
+        **metrics.run_summary(out, result.time_split),
         "corpus": {**corpus.stats(), "truncated_this_run": truncated["sentences"]},
-        "time_split_s": result.time_split,
         "config": {**config.to_dict(), **extra},
         "devices": jax.device_count(),
     }
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=float))
+    metrics.write_results(out, results)
     plot_curve(curve, str(out / "dev_spearman.png"), f"{args.loss}, seed {args.seed}")
     logger.info("best STS-B dev Spearman %.2f at step %s; results in %s", best["stsb_dev_spearman"], best["step"], out)
     return results

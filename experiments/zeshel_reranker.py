@@ -43,7 +43,7 @@ from hnjax import eval as ev
 from hnjax import models, reranker
 from hnjax.data import tokenize, zeshel
 from hnjax.train import config as config_lib
-from hnjax.train import loop
+from hnjax.train import loop, metrics
 
 logger = logging.getLogger("zeshel_reranker")
 
@@ -301,10 +301,10 @@ def main(argv=None) -> dict:
         logger.info("%s: %s", split, {key: v for key, v in results[split].items() if key != "per_world"})
     results.update(
         steps=args.max_steps, seed=args.seed, num_candidates=k, train_candidates=k_train,
-        train_loss_first_last=[result.history[0]["loss"], result.history[-1]["loss"]] if result.history else None,
-        eval_s=time.perf_counter() - started, time_split_s=result.time_split, config={**config.to_dict(), **extra},
+        **metrics.run_summary(out, result.time_split), eval_s=time.perf_counter() - started,
+        config={**config.to_dict(), **extra},
     )  # fmt: skip
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=float))
+    metrics.write_results(out, results)
     return results
 
 

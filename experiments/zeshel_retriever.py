@@ -41,7 +41,7 @@ from hnjax import eval as ev
 from hnjax import mining, models, retriever
 from hnjax.data import tokenize, zeshel
 from hnjax.train import config as config_lib
-from hnjax.train import loop
+from hnjax.train import loop, metrics
 
 logger = logging.getLogger("zeshel_retriever")
 RECALL_KS = (1, 4, 8, 16, 32, 64)
@@ -204,11 +204,10 @@ def main(argv=None) -> dict:
             logger.info("%s: %s", split, results[split])
     results.update(
         scorer=args.scorer, hard_share=args.hard_share, negatives=args.negatives, steps=args.max_steps,
-        seed=args.seed, train_loss_first_last=[result.history[0]["loss"], result.history[-1]["loss"]]
-        if result.history else None,
-        eval_s=time.perf_counter() - started, time_split_s=result.time_split, config={**config.to_dict(), **extra},
+        seed=args.seed, **metrics.run_summary(out, result.time_split), eval_s=time.perf_counter() - started,
+        config={**config.to_dict(), **extra},
     )  # fmt: skip
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=float))
+    metrics.write_results(out, results)
     return results
 
 

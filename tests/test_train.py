@@ -420,3 +420,19 @@ def test_sigkill_and_resume_reproduce_losses_bit_for_bit(tmp_path):
     expected = [r["loss"] for r in full.history]
     assert [r["loss"] for r in records] == expected  # exact float equality
     assert len(set(expected)) == 12
+
+
+def test_run_summary_covers_the_whole_log_and_results_are_written_atomically(tmp_path):
+    assert metrics_lib.run_summary(str(tmp_path), {"step": 1.0}) == {
+        "train_loss_first_last": None,
+        "time_split_s": {"step": 1.0},
+    }
+    # two invocations (a resume) appended to one log, plus an eval-only record without a loss
+    (tmp_path / "metrics.jsonl").write_text(
+        '{"step": 1, "loss": 4.5}\n{"step": 2, "loss": 3.0}\n{"step": 3, "lr": 0.1}\n{"step": 3, "loss": 2.25}\n'
+    )
+    summary = metrics_lib.run_summary(str(tmp_path), {})
+    assert summary["train_loss_first_last"] == [4.5, 2.25]
+    path = metrics_lib.write_results(str(tmp_path), {"val": {"recall@1": np.float32(0.5)}, **summary})
+    assert json.loads(open(path).read())["val"]["recall@1"] == 0.5
+    assert sorted(os.listdir(tmp_path)) == ["metrics.jsonl", "results.json"]

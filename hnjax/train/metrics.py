@@ -49,6 +49,26 @@ def truncate_jsonl(path: str, max_step: int) -> int:
     return len(records)
 
 
+def run_summary(out_dir: str, time_split: dict[str, float]) -> dict:
+    """The training part of an experiment's ``results.json``.
+
+    ``train_loss_first_last`` is read from ``OUT/metrics.jsonl``, so it covers the whole run across resumes (a
+    :class:`~hnjax.train.loop.FitResult` only holds the records of its own invocation); ``None`` when no step was
+    logged.
+    """
+    losses = [r["loss"] for r in read_jsonl(os.path.join(str(out_dir), "metrics.jsonl")) if "loss" in r]
+    return {"train_loss_first_last": [losses[0], losses[-1]] if losses else None, "time_split_s": dict(time_split)}
+
+
+def write_results(out_dir: str, results: dict) -> str:
+    """Write ``OUT/results.json`` atomically (a killed run never leaves half a file); returns its path."""
+    path = os.path.join(str(out_dir), "results.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(results, f, indent=1, default=float)
+    os.replace(path + ".tmp", path)
+    return path
+
+
 def _jsonable(value):
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)  # JSON has no NaN/inf; keep them readable
