@@ -45,10 +45,19 @@ Run (from the repository root):
     python experiments/benchmark.py --out runs/benchmark.json            # full configuration, about 15 minutes
     python experiments/benchmark.py --quick --out runs/benchmark_quick.json   # small sizes, under 5 minutes
 
-Output JSON: a list of rows ``{"case", "impl", "dtype", "seq_per_s", "steps_per_s", "compile_s", "peak_mem_mb",
-"loss_check", ...}``, then one ``{"case", "speedup", ...}`` row per case (hnjax float32 / pytorch; also against
-``pytorch_same_tricks`` and for bfloat16 where measured), and last ``{"meta": {...}}`` (machine, versions, sizes,
-duplication rate, load averages). A PNG bar chart of seq_per_s per case is written next to the JSON.
+On a GPU: JAX runs on its default backend (install a CUDA build of jax) and the PyTorch side on CUDA
+(``--torch-device auto``), float32 matmuls on TF32 tensor cores in both (XLA's default there; PyTorch is told to allow
+TF32 so that the fp32 rows compare alike). Step rows carry ``model_flops_per_step`` (matmul FLOPs of the encoders and
+the scorer or head over the token grid each implementation executes, ``hnjax.models.flops``), hnjax rows also XLA's
+count of the compiled step (``xla_flops_per_step``), and ``model_tflops_per_s`` and ``mfu`` (model FLOPs utilisation
+against ``--peak-tflops`` or, on a known GPU, its data-sheet dense peak for the row's dtype); ``peak_device_mem_mb``
+is the accelerator's peak allocation.
+
+Output JSON: a list of rows ``{"case", "impl", "dtype", "device", "seq_per_s", "steps_per_s", "compile_s",
+"peak_mem_mb", "loss_check", "model_flops_per_step", "mfu", ...}``, then one ``{"case", "speedup", ...}`` row per case
+(hnjax float32 / pytorch; also against ``pytorch_same_tricks`` and for bfloat16 where measured), and last
+``{"meta": {...}}`` (machine, devices, versions, sizes, duplication rate, load averages). A PNG bar chart of seq_per_s
+per case is written next to the JSON.
 """
 
 from __future__ import annotations
@@ -119,6 +128,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=None, help="timing rounds, implementations interleaved")
     parser.add_argument("--round-seconds", type=float, default=None, help="target seconds per implementation and round")
     parser.add_argument("--threads", type=int, default=2, help="compute threads for both torch and XLA")
+    parser.add_argument(
+        "--torch-device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where the PyTorch side runs (auto: CUDA when PyTorch sees a GPU); JAX uses its default backend",
+    )
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="peak TFLOP/s of the device for the MFU column (default: the data-sheet figure of a known GPU, "
+        "hnjax.models.flops.PEAK_TFLOPS; none on CPU)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated batches and the MLP head")
     parser.add_argument("--no-plot", action="store_true", help="do not write the PNG chart")
     args = parser.parse_args(argv)
@@ -150,6 +172,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--neg-repeat: too large, a mention needs {args.ret_cands - 1} distinct negatives")
     if args.round_seconds <= 0:
         parser.error(f"--round-seconds: expected > 0, got {args.round_seconds}")
+    if args.peak_tflops is not None and args.peak_tflops <= 0:
+        parser.error(f"--peak-tflops: expected > 0, got {args.peak_tflops}")
     for flag, value, known in (("--cases", args.cases, CASES), ("--impls", args.impls, IMPLS)):
         unknown = set(value.split(",")) - set(known)
         if unknown:
@@ -274,6 +298,10 @@ class Prepared:
     compile_s: float | None
     loss_check: float
     n_shapes: int
+    model_flops: float | None = None  # matmul FLOPs of one step (mean over the batches), hnjax.models.flops
+    xla_flops: float | None = None  # XLA's count of the compiled step (mean over the batches), hnjax only
+    device: str = "cpu"  # device kind the step ran on
+    peak_device_mem_mb: object = None  # callable -> accelerator peak memory (MB), or None on CPU
 
 
 def _limit_cpus(threads: int) -> None:
@@ -298,6 +326,42 @@ def _no_dropout(model):
 
     config = dataclasses.replace(model.config, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     return bert.BertModel(config, dtype=model.dtype)
+
+
+def step_model_flops(case: str, config, arrays: dict) -> float:
+    """Matmul FLOPs of one training step on ``arrays`` (the token grid as executed, padding included): encoders
+    (``hnjax.models.flops.encoder_flops``) plus the SOM scorer (2·Lm·Le·D per pair) or the SimCSE head (2·D² per
+    view), forward and backward (3×)."""
+    from hnjax.models import flops
+
+    d = config.hidden_size
+    if case == "retriever_som_step":
+        b, lm = arrays["mention_ids"].shape
+        total = flops.encoder_flops(config, b, lm)
+        if "entity_ids" in arrays:
+            u, le = arrays["entity_ids"].shape
+            k = arrays["cand_index"].shape[1]
+        else:
+            _, k, le = arrays["cand_ids"].shape
+            u = b * k
+        return total + flops.encoder_flops(config, u, le) + 3.0 * 2 * b * k * lm * le * d
+    n, length = arrays["input_ids"].shape
+    return flops.encoder_flops(config, 2 * n, length) + 3.0 * 2 * 2 * n * d * d
+
+
+def _jax_device() -> tuple[str, object]:
+    """Kind of the first JAX device and a reader of its peak memory in MB (None where the backend has no stats)."""
+    import jax
+
+    device = jax.devices()[0]
+    if device.platform == "cpu":
+        return "cpu", None
+
+    def peak():
+        stats = device.memory_stats() or {}
+        return stats["peak_bytes_in_use"] / 2**20 if "peak_bytes_in_use" in stats else None
+
+    return device.device_kind, peak
 
 
 def hnjax_step_case(case: str, impl: str, args, data) -> Prepared:
@@ -343,6 +407,8 @@ def hnjax_step_case(case: str, impl: str, args, data) -> Prepared:
             compiled[key] = step.lower(state, b).compile()
             compile_s += time.perf_counter() - start
     fns = [compiled[_shape_key(b)] for b in batches]
+    model_flops = float(np.mean([step_model_flops(case, model.config, a) for a in arrays]))
+    xla_flops = float(np.mean([_xla_flops(f) for f in fns]))
     holder = {"state": state, "i": 0}
 
     def run(n: int):
@@ -354,7 +420,14 @@ def hnjax_step_case(case: str, impl: str, args, data) -> Prepared:
         jax.block_until_ready(metrics["loss"])
         holder["state"] = s
 
-    return Prepared(run, compile_s, loss_check, len(compiled))
+    device, peak = _jax_device()
+    return Prepared(run, compile_s, loss_check, len(compiled), model_flops, xla_flops, device, peak)
+
+
+def _xla_flops(compiled) -> float:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost  # older jax returns one dict per device
+    return float(cost.get("flops", float("nan")))
 
 
 def hnjax_micro_case(case: str, impl: str, args, data) -> Prepared:
@@ -386,7 +459,8 @@ def hnjax_micro_case(case: str, impl: str, args, data) -> Prepared:
             out = compiled(*inputs)
         jax.block_until_ready(out)
 
-    return Prepared(run, compile_s, loss_check, 1)
+    device, peak = _jax_device()
+    return Prepared(run, compile_s, loss_check, 1, None, _xla_flops(compiled), device, peak)
 
 
 # -------------------------------------------------------------------------------------------------- PyTorch side
@@ -426,21 +500,39 @@ def torch_som_scores(torch, q, q_mask, d, d_mask):
 def torch_sp_logits(torch, z1, z2):
     """Focal-InfoNCE logits (focalNCE/models.py sp_logits): s_ii²/τ on the diagonal, s_ij(s_ij + m)/τ off it."""
     cos = torch.nn.functional.cosine_similarity(z1[:, None, :], z2[None, :, :], dim=-1)  # [N, N]
-    eye = torch.eye(cos.shape[0], dtype=cos.dtype)
+    eye = torch.eye(cos.shape[0], dtype=cos.dtype, device=cos.device)
     return (cos * eye * cos + (cos + MARGIN) * (1 - eye) * cos) / TEMPERATURE
+
+
+def _torch_device(torch, args):
+    """(device, its kind, a reader of its peak memory in MB or None): CUDA when asked for or, with "auto", present."""
+    name = args.torch_device
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--torch-device cuda: PyTorch sees no CUDA device")
+    device = torch.device(name)
+    if device.type != "cuda":
+        return device, "cpu", None
+    # float32 matmuls on TF32 tensor cores, as XLA does by default on these GPUs, so that fp32 rows compare alike
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    return device, torch.cuda.get_device_name(device), lambda: torch.cuda.max_memory_allocated(device) / 2**20
 
 
 def torch_step_case(case: str, impl: str, args, data) -> Prepared:
     """The reference step in eager PyTorch (``pytorch``), or the same code with hnjax's tricks."""
     torch, mention, deepcopy = _torch_modules(args)
+    device, device_kind, peak = _torch_device(torch, args)
     tricks = impl.startswith("pytorch_same_tricks")
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=impl.endswith("bf16"))
-    t = lambda x: torch.from_numpy(np.asarray(x).astype(np.int64) if x.dtype.kind in "iu" else np.asarray(x))
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=impl.endswith("bf16"))
+    t = lambda x: torch.from_numpy(np.asarray(x).astype(np.int64) if x.dtype.kind in "iu" else np.asarray(x)).to(device)
     if case == "retriever_som_step":
         entity = deepcopy(mention)
         module = torch.nn.ModuleDict({"mention": mention, "entity": entity})
         layout = dict(dedup=tricks, bucket=tricks, pad_length=args.pad_length)
-        batches = [{k: t(v) for k, v in retriever_arrays(b, **layout).items()} for b in data["batches"]]
+        arrays = [retriever_arrays(b, **layout) for b in data["batches"]]
+        batches = [{k: t(v) for k, v in a.items()} for a in arrays]
 
         def loss_of(b):
             q = module["mention"](input_ids=b["mention_ids"], attention_mask=b["mention_mask"]).last_hidden_state
@@ -453,7 +545,7 @@ def torch_step_case(case: str, impl: str, args, data) -> Prepared:
                 d = module["entity"](input_ids=ids, attention_mask=mask).last_hidden_state.reshape(bb, k, le, -1)
                 dm = b["cand_token_mask"]
             scores = torch_som_scores(torch, q.float(), b["mention_mask"].bool(), d.float(), dm.bool())
-            gold = torch.zeros(scores.shape[0], dtype=torch.long)
+            gold = torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device)
             return torch.nn.functional.cross_entropy(scores, gold)
     else:
         head = torch.nn.Linear(mention.config.hidden_size, mention.config.hidden_size)
@@ -462,10 +554,8 @@ def torch_step_case(case: str, impl: str, args, data) -> Prepared:
             head.weight.copy_(torch.from_numpy(kernel.T.copy()))
             head.bias.copy_(torch.from_numpy(bias))
         module = torch.nn.ModuleDict({"encoder": mention, "mlp": head})
-        batches = [
-            {k: t(v) for k, v in simcse_arrays(b, bucket=tricks, max_length=args.sim_max_len).items()}
-            for b in data["batches"]
-        ]
+        arrays = [simcse_arrays(b, bucket=tricks, max_length=args.sim_max_len) for b in data["batches"]]
+        batches = [{k: t(v) for k, v in a.items()} for a in arrays]
 
         def loss_of(b):
             # cl_forward: (bs, 2, L) flattened to (2·bs, L), one encoder pass, [CLS] → MLP, views split.
@@ -474,8 +564,9 @@ def torch_step_case(case: str, impl: str, args, data) -> Prepared:
             h = module["encoder"](input_ids=ids, attention_mask=mask).last_hidden_state[:, 0]
             z = torch.tanh(module["mlp"](h)).float().view(-1, 2, h.shape[-1])
             logits = torch_sp_logits(torch, z[:, 0], z[:, 1])
-            return torch.nn.functional.cross_entropy(logits, torch.arange(logits.shape[0]))
+            return torch.nn.functional.cross_entropy(logits, torch.arange(logits.shape[0], device=logits.device))
 
+    module.to(device)
     module.eval()
     with torch.no_grad():
         loss_check = float(loss_of(batches[0]))
@@ -493,22 +584,30 @@ def torch_step_case(case: str, impl: str, args, data) -> Prepared:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(module.parameters(), CLIP)
             optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
-    return Prepared(run, None, loss_check, len({tuple(v.shape) for b in batches for v in b.values()}))
+    from hnjax import models
+
+    config = models.EncoderConfig.from_json(models.resolve_checkpoint(args.checkpoint))
+    model_flops = float(np.mean([step_model_flops(case, config, a) for a in arrays]))
+    n_shapes = len({tuple(v.shape) for b in batches for v in b.values()})
+    return Prepared(run, None, loss_check, n_shapes, model_flops, None, device_kind, peak)
 
 
 def torch_micro_case(case: str, impl: str, args, data) -> Prepared:
     import torch
 
-    v = {k: torch.from_numpy(x) for k, x in data["vectors"].items()}
+    device, device_kind, peak = _torch_device(torch, args)
+    v = {k: torch.from_numpy(x).to(device) for k, x in data["vectors"].items()}
     cast = (lambda x: x.bfloat16().float()) if impl.endswith("bf16") else (lambda x: x)
     if case == "loss_only":
         names = ("scores", "z1", "z2")
 
         def f(s, z1, z2):
-            nce = torch.nn.functional.cross_entropy(cast(s), torch.zeros(s.shape[0], dtype=torch.long))
+            nce = torch.nn.functional.cross_entropy(cast(s), torch.zeros(s.shape[0], dtype=torch.long, device=device))
             logits = torch_sp_logits(torch, cast(z1), cast(z2))
-            return nce + torch.nn.functional.cross_entropy(logits, torch.arange(logits.shape[0]))
+            return nce + torch.nn.functional.cross_entropy(logits, torch.arange(logits.shape[0], device=device))
     else:
         names = ("q", "d")
 
@@ -524,8 +623,10 @@ def torch_micro_case(case: str, impl: str, args, data) -> Prepared:
             for x in inputs:
                 x.grad = None
             f(*inputs).backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
-    return Prepared(run, None, loss_check, 1)
+    return Prepared(run, None, loss_check, 1, None, None, device_kind, peak)
 
 
 # ------------------------------------------------------------------------------------------------------- workers
@@ -559,12 +660,16 @@ def worker(conn, case: str, impl: str, args, data) -> None:
                 "n_shapes": prepared.n_shapes,
                 "setup_s": time.perf_counter() - start,
                 "probe_step_s": step_s,
+                "model_flops_per_step": prepared.model_flops,
+                "xla_flops_per_step": prepared.xla_flops,
+                "device": prepared.device,
             }
         )
         while True:
             command = conn.recv()
             if command[0] == "stop":
-                conn.send({"peak_mem_mb": _rss_mb()})
+                device_mb = prepared.peak_device_mem_mb() if prepared.peak_device_mem_mb else None
+                conn.send({"peak_mem_mb": _rss_mb(), "peak_device_mem_mb": device_mb})
                 return
             t0 = time.perf_counter()
             prepared.run(command[1])
@@ -593,6 +698,8 @@ def sequences_per_step(case: str, args) -> int:
 
 def run_case(case: str, impls: list[str], args, data, progress) -> list[dict]:
     """Sets each implementation up in turn, then times them round-robin; rows of this case."""
+    from hnjax.models import flops
+
     context = multiprocessing.get_context("spawn")
     procs, info = {}, {}
     try:
@@ -625,20 +732,31 @@ def run_case(case: str, impls: list[str], args, data, progress) -> list[dict]:
     rows = []
     for impl in impls:
         steps_per_s = [steps[impl] / s for s in seconds[impl]]
+        median = float(np.median(steps_per_s))
+        dtype = "bf16" if impl.endswith("bf16") else "fp32"
+        model_flops = info[impl]["model_flops_per_step"]
+        peak = args.peak_tflops if args.peak_tflops is not None else flops.peak_tflops(info[impl]["device"], dtype)
         rows.append(
             {
                 "case": case,
                 "impl": impl,
-                "dtype": "bf16" if impl.endswith("bf16") else "fp32",
-                "seq_per_s": float(np.median(steps_per_s)) * per_step,
-                "steps_per_s": float(np.median(steps_per_s)),
+                "dtype": dtype,
+                "device": info[impl]["device"],
+                "seq_per_s": median * per_step,
+                "steps_per_s": median,
                 "steps_per_s_rounds": steps_per_s,
                 "steps_per_round": steps[impl],
                 "compile_s": info[impl]["compile_s"],
                 "compiled_shapes": info[impl]["n_shapes"] if impl.startswith("hnjax") else None,
                 "setup_s": info[impl]["setup_s"],
                 "peak_mem_mb": info[impl]["peak_mem_mb"],
+                "peak_device_mem_mb": info[impl]["peak_device_mem_mb"],
                 "loss_check": info[impl]["loss_check"],
+                "model_flops_per_step": model_flops,
+                "xla_flops_per_step": info[impl]["xla_flops_per_step"],
+                "model_tflops_per_s": None if model_flops is None else model_flops * median / 1e12,
+                "peak_tflops": peak,
+                "mfu": None if model_flops is None else flops.mfu(model_flops, median, peak),
             }
         )
     return rows
@@ -748,7 +866,9 @@ def main(argv=None) -> list[dict]:
         "rounds": args.rounds,
         "round_seconds": args.round_seconds,
         "jax_version": jax.__version__,
+        "jax_device": jax.devices()[0].device_kind,
         "torch_version": torch.__version__,
+        "torch_device": args.torch_device,
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
         "processor": platform.processor() or platform.machine(),
@@ -765,9 +885,11 @@ def main(argv=None) -> list[dict]:
         plot(rows, os.path.splitext(args.out)[0] + ".png")
     for row in rows:
         logging.info(
-            "%-18s %-26s %9.1f seq/s  compile %s s  peak %.0f MB  loss %.6f",
+            "%-18s %-26s %9.1f seq/s  compile %s s  peak %.0f MB  loss %.6f  model TFLOP/s %s  MFU %s",
             row["case"], row["impl"], row["seq_per_s"],
             "-" if row["compile_s"] is None else f"{row['compile_s']:.1f}", row["peak_mem_mb"], row["loss_check"],
+            "-" if row["model_tflops_per_s"] is None else f"{row['model_tflops_per_s']:.3g}",
+            "-" if row["mfu"] is None else f"{100 * row['mfu']:.1f}%",
         )  # fmt: skip
     for row in speedups:
         logging.info("%s", json.dumps(row))

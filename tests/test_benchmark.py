@@ -122,7 +122,7 @@ def result(tiny_checkpoint, tmp_path_factory) -> list[dict]:
         sys.executable, str(SCRIPT), "--quick", "--checkpoint", str(tiny_checkpoint), "--out", str(out),
         "--impls", "hnjax,pytorch,pytorch_same_tricks,hnjax_no_dedup", "--rounds", "1", "--round-seconds", "0.05",
         "--ret-batch", "2", "--ret-cands", "4", "--ret-min-len", "5", "--ret-max-len", "20", "--pad-length", "32",
-        "--sim-batch", "4", "--sim-max-len", "16", "--loss-batch", "8", "--batches", "1",
+        "--sim-batch", "4", "--sim-max-len", "16", "--loss-batch", "8", "--batches", "1", "--peak-tflops", "0.5",
     ]  # fmt: skip
     proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900, env=dict(os.environ))
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -175,3 +175,43 @@ def test_duplication_rate(result):
     # B=2, K=4, neg_repeat=2: 2 golds + 2·3/2 = 3 pooled negatives = 5 distinct of 8 candidates.
     assert meta["distinct_entities_per_batch"] == [5]
     assert meta["duplication_rate"] == pytest.approx(1 - 5 / 8)
+
+
+@pytest.mark.slow
+def test_flops_and_mfu_columns(result):
+    """Step rows carry the analytic matmul count (hnjax and PyTorch: each its own token grid), hnjax rows XLA's count
+    too, and MFU = model FLOPs · steps/s / --peak-tflops."""
+    step_rows = [r for r in result if "impl" in r and r["case"].endswith("_step")]
+    for r in step_rows:
+        assert r["model_flops_per_step"] > 0, r
+        assert r["model_tflops_per_s"] == pytest.approx(r["model_flops_per_step"] * r["steps_per_s"] / 1e12)
+        assert r["peak_tflops"] == 0.5
+        assert r["mfu"] == pytest.approx(r["model_tflops_per_s"] / 0.5)
+        assert r["device"] == "cpu" and r["peak_device_mem_mb"] is None
+        if r["impl"].startswith("hnjax"):
+            # XLA also counts LayerNorm, softmax, AdamW, ...: never fewer FLOPs than the matmuls
+            assert r["xla_flops_per_step"] >= r["model_flops_per_step"], r
+    by = {(r["case"], r["impl"]): r["model_flops_per_step"] for r in step_rows}
+    # the reference pads to 32 and encodes all B·K candidates; de-duplication and buckets execute less
+    assert by[("retriever_som_step", "pytorch")] > by[("retriever_som_step", "hnjax")]
+    assert by[("retriever_som_step", "hnjax_no_dedup")] > by[("retriever_som_step", "hnjax")]
+    for r in result:
+        if "impl" in r and not r["case"].endswith("_step"):
+            assert r["model_flops_per_step"] is None and r["mfu"] is None
+
+
+def test_step_model_flops_by_hand():
+    config = models.EncoderConfig(vocab_size=50, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=16)  # fmt: skip
+
+    def enc(n, length):  # per layer: QKV+O 8·L·D², attention 4·L²·D, feed-forward 4·L·D·F; ×3 for training
+        return 3 * n * 2 * (8 * length * 64 + 4 * length**2 * 8 + 4 * length * 8 * 16)
+
+    dedup = {"mention_ids": np.zeros((2, 5)), "entity_ids": np.zeros((3, 7)), "cand_index": np.zeros((2, 4))}
+    assert bench.step_model_flops("retriever_som_step", config, dedup) == enc(2, 5) + enc(3, 7) + 3 * 2 * 8 * 5 * 7 * 8
+    per_row = {"mention_ids": np.zeros((2, 5)), "cand_ids": np.zeros((2, 4, 7))}
+    assert (
+        bench.step_model_flops("retriever_som_step", config, per_row) == enc(2, 5) + enc(8, 7) + 3 * 2 * 8 * 5 * 7 * 8
+    )
+    simcse = {"input_ids": np.zeros((4, 6))}
+    assert bench.step_model_flops("simcse_focal_step", config, simcse) == enc(8, 6) + 3 * 2 * 8 * 8 * 8

@@ -521,3 +521,37 @@ def test_cross_encoder_head_without_pooler_is_random(tmp_path):
     assert models.load_pooler(tmp_path) is None
     _, p = models.init_cross_encoder_head(config, jax.random.key(1), checkpoint=tmp_path)
     assert p["pooler"]["kernel"].shape == (32, 32) and np.asarray(p["pooler"]["kernel"]).std() > 0
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_encoder_flops_match_xla_cost_analysis(training):
+    """The analytic matmul count against XLA's count of the compiled program (which adds the elementwise work)."""
+    from hnjax.models import flops
+
+    cfg = models.EncoderConfig(vocab_size=100, hidden_size=256, num_hidden_layers=2, num_attention_heads=4,
+                               intermediate_size=1024, max_position_embeddings=64)  # fmt: skip
+    model = models.BertModel(cfg)
+    ids, mask = jnp.ones((2, 64), jnp.int32), jnp.ones((2, 64), bool)
+    params = model.init(jax.random.key(0), ids, mask)
+    fwd = lambda p: model.apply(p, ids, mask).sum()
+    cost = jax.jit(jax.grad(fwd) if training else fwd).lower(params).compile().cost_analysis()
+    xla = (cost[0] if isinstance(cost, list) else cost)["flops"]
+    analytic = flops.encoder_flops(cfg, 2, 64, training=training)
+    # by hand: 2 layers × (8·64·256² + 4·64²·256 + 4·64·256·1024) per sequence, 2 sequences
+    assert analytic == 2 * 2 * (8 * 64 * 256**2 + 4 * 64**2 * 256 + 4 * 64 * 256 * 1024) * (3 if training else 1)
+    assert analytic <= xla <= 1.1 * analytic
+
+
+def test_peak_tflops_and_mfu():
+    from hnjax.models import flops
+
+    assert flops.peak_tflops("NVIDIA H100 80GB HBM3", "bf16") == 989.4
+    assert flops.peak_tflops("NVIDIA H100 PCIe", "bf16") == 756.0
+    assert flops.peak_tflops("NVIDIA H200", "fp32") == 494.7
+    assert flops.peak_tflops("cpu", "bf16") is None
+    with pytest.raises(ValueError, match="dtype"):
+        flops.peak_tflops("NVIDIA H100", "fp16")
+    assert flops.mfu(2e12, 10.0, 100.0) == pytest.approx(0.2)
+    assert flops.mfu(2e12, 10.0, None) is None
+    with pytest.raises(ValueError, match="positive"):
+        flops.mfu(1.0, 1.0, 0.0)

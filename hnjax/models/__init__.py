@@ -6,7 +6,7 @@
 >>> vectors = models.poolers.mean(hidden, attention_mask)  # [B, D]  # doctest: +SKIP
 """
 
-from hnjax.models import bert, loading, poolers
+from hnjax.models import bert, flops, loading, poolers
 from hnjax.models.bert import BertModel, EncoderConfig, init_params
 from hnjax.models.loading import (
     from_pretrained,
@@ -20,6 +20,7 @@ __all__ = [
     "BertModel",
     "EncoderConfig",
     "bert",
+    "flops",
     "from_pretrained",
     "init_cross_encoder_head",
     "init_params",
