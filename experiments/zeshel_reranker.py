@@ -64,6 +64,13 @@ def parse_args(argv=None):
     p.add_argument("--eval-splits", nargs="+", default=["val", "test"], help="splits evaluated (default val test)")
     p.add_argument("--eval-batch-size", type=int, default=8, help="mentions (× K pairs) per scoring call")
     p.add_argument("--dropout", type=float, default=None, help="dropout of the score head (default: the encoder's)")
+    p.add_argument(
+        "--pooling",
+        choices=("cls", "mean"),
+        default="cls",
+        help="what the score head reads: cls = BERT's pooled [CLS] (paper), mean = masked mean of the token states "
+        "(for mean-pooled sentence encoders such as all-MiniLM-L6-v2)",
+    )
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="encoder compute dtype")
     defaults = config_lib.TrainConfig(batch_size=2, grad_accum=2, lr=2e-5, warmup=0.2, max_steps=1)
     config_lib.add_train_arguments(p, defaults)
@@ -237,7 +244,11 @@ def main(argv=None) -> dict:
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
     encoder, encoder_params = models.from_pretrained(model_dir, dtype=dtype)
     head, head_params = models.init_cross_encoder_head(
-        encoder.config, jax.random.key(args.seed), checkpoint=model_dir, dropout_rate=args.dropout
+        encoder.config,
+        jax.random.key(args.seed),
+        checkpoint=model_dir,
+        dropout_rate=args.dropout,
+        pooling=args.pooling,
     )
     cross = reranker.CrossEncoder(encoder, head)
     params = {"encoder": encoder_params, "head": head_params}
@@ -265,7 +276,7 @@ def main(argv=None) -> dict:
                            [train_lists[i] for i in indices], k_train)  # fmt: skip
 
     extra = {k_: getattr(args, k_) for k_ in ("data", "candidates", "model", "num_candidates", "max_length",
-                                             "train_split", "dropout", "dtype")}  # fmt: skip
+                                             "train_split", "dropout", "pooling", "dtype")}  # fmt: skip
     result = loop.fit(config, params=params, loss_fn=cross.loss, batch_fn=batch_fn, num_examples=len(train_mentions),
                       extra_config=extra)  # fmt: skip
     print(result.format_time_split())

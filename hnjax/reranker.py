@@ -46,7 +46,7 @@ class CrossEncoder:
             {"params": params["encoder"]}, flat(ids), flat(mask), flat(types), deterministic=deterministic, rngs=rngs
         )  # [B·K, L, D]
         head_rngs = None if deterministic else {"dropout": jax.random.fold_in(key, 1)}
-        s = self.head.apply({"params": params["head"]}, hidden, deterministic=deterministic, rngs=head_rngs)
+        s = self.head.apply({"params": params["head"]}, hidden, flat(mask), deterministic=deterministic, rngs=head_rngs)
         return s.reshape(b, k)
 
     def loss(self, params: dict, batch: dict, key: jax.Array, axis_name: str | None = None):

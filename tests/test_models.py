@@ -515,6 +515,32 @@ def test_cross_encoder_head_loads_pooler(minilm, minilm_hidden, minilm_torch, mi
     assert np.abs(np.asarray(a) - np.asarray(b)).max() > 0
 
 
+def test_cross_encoder_head_mean_pooling_against_numpy():
+    rng = np.random.default_rng(3)
+    hidden = rng.standard_normal((3, 5, 8)).astype(np.float32)
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], bool)
+    head = poolers.CrossEncoderHead(dropout_rate=0.0, pooling="mean")
+    params = head.init(jax.random.key(0), hidden, mask)["params"]
+    got = np.asarray(jax.jit(head.apply)({"params": params}, hidden, mask))
+    h = hidden.astype(np.float64)
+    v = (h * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+    pooled = np.tanh(v @ np.asarray(params["pooler"]["kernel"], np.float64) + np.asarray(params["pooler"]["bias"]))
+    ref = pooled @ np.asarray(params["score"]["kernel"], np.float64)[:, 0] + float(params["score"]["bias"][0])
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    # padding states do not reach the score; "cls" reads position 0 only
+    moved = hidden.copy()
+    moved[~mask] += 100.0
+    np.testing.assert_allclose(np.asarray(head.apply({"params": params}, moved, mask)), got, atol=1e-5)
+    cls = poolers.CrossEncoderHead(dropout_rate=0.0, pooling="cls")
+    later = hidden.copy()
+    later[:, 1:] += 100.0
+    np.testing.assert_array_equal(cls.apply({"params": params}, later), cls.apply({"params": params}, hidden))
+    with pytest.raises(ValueError, match="needs the token mask"):
+        head.apply({"params": params}, hidden)
+    with pytest.raises(ValueError, match="pooling"):
+        poolers.CrossEncoderHead(pooling="max").init(jax.random.key(0), hidden, mask)
+
+
 def test_cross_encoder_head_without_pooler_is_random(tmp_path):
     config = models.EncoderConfig(**TINY, vocab_size=50)
     models.save_pretrained(tmp_path, config, _random_params(config))

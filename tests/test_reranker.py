@@ -4,6 +4,7 @@ import dataclasses
 
 import jax
 import numpy as np
+import pytest
 
 from hnjax import reranker
 from hnjax.models import bert, loading
@@ -20,8 +21,8 @@ CFG = bert.EncoderConfig(
 )
 
 
-def _model():
-    head, head_params = loading.init_cross_encoder_head(CFG, jax.random.key(1), dropout_rate=0.0)
+def _model(pooling="cls"):
+    head, head_params = loading.init_cross_encoder_head(CFG, jax.random.key(1), dropout_rate=0.0, pooling=pooling)
     ce = reranker.CrossEncoder(bert.BertModel(CFG), head)
     return ce, {"encoder": bert.init_params(CFG, jax.random.key(0)), "head": head_params}
 
@@ -33,8 +34,9 @@ def _batch(rng, b, k, length):
     return dict(pair_ids=np.where(mask, ids, 0), pair_mask=mask, pair_types=types)
 
 
-def test_scores_equal_pairwise_encoding_and_loss_is_nce():
-    ce, params = _model()
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_scores_equal_pairwise_encoding_and_loss_is_nce(pooling):
+    ce, params = _model(pooling)
     batch = _batch(np.random.default_rng(0), 2, 3, 8)
     scores = jax.jit(ce.scores)
     s = np.asarray(scores(params, batch["pair_ids"], batch["pair_mask"], batch["pair_types"]))

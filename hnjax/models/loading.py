@@ -335,6 +335,7 @@ def init_cross_encoder_head(
     *,
     checkpoint: str | os.PathLike | None = None,
     dropout_rate: float | None = None,
+    pooling: str = "cls",
 ) -> tuple[poolers.CrossEncoderHead, dict]:
     """Builds a cross-encoder head; its pooler starts from the checkpoint's pooler weights when present.
 
@@ -343,13 +344,14 @@ def init_cross_encoder_head(
         key: PRNG key for the parameters not found in the checkpoint.
         checkpoint: optional checkpoint directory or known name to take ``pooler.dense`` from.
         dropout_rate: dropout before the score layer; defaults to ``config.hidden_dropout_prob``.
+        pooling: what the pooler reads: ``"cls"`` (BERT's pooled output) or ``"mean"`` (masked mean of the states).
 
     Returns:
         ``(head, params)``.
     """
     rate = config.hidden_dropout_prob if dropout_rate is None else dropout_rate
-    head = poolers.CrossEncoderHead(dropout_rate=rate)
-    params = dict(head.init(key, jnp.zeros((1, 1, config.hidden_size), jnp.float32))["params"])
+    head = poolers.CrossEncoderHead(dropout_rate=rate, pooling=pooling)
+    params = dict(head.init(key, jnp.zeros((1, 1, config.hidden_size), jnp.float32), jnp.ones((1, 1), bool))["params"])
     if checkpoint is not None:
         pooler = load_pooler(checkpoint)
         if pooler is None:

@@ -167,28 +167,41 @@ class MLPHead(nn.Module):
 
 
 class CrossEncoderHead(nn.Module):
-    """Cross-encoder score: s_b = w · dropout(tanh(P h_{b,0} + p)) + c.
+    """Cross-encoder score: s_b = w · dropout(tanh(P v_b + p)) + c, v_b = h_{b,0} ("cls") or the masked mean ("mean").
 
     The pooler (P, p) is BERT's; :func:`hnjax.models.loading.init_cross_encoder_head` loads it from a checkpoint.
+    ``"cls"`` is BERT's (and hard-nce-el's) pooled output. ``"mean"`` suits encoders trained with mean pooling
+    (sentence-transformers checkpoints such as all-MiniLM-L6-v2), whose [CLS] states are nearly the same for every
+    input.
 
     Attributes:
         dropout_rate: dropout on the pooled vector (rng "dropout" when ``deterministic=False``).
+        pooling: ``"cls"`` or ``"mean"`` (needs ``mask``).
         dtype: compute dtype.
 
-    Returns from ``__call__(hidden [B, L, D], deterministic=True)``: scores [B] float32.
+    Returns from ``__call__(hidden [B, L, D], mask [B, L] = None, deterministic=True)``: scores [B] float32.
     """
 
     dropout_rate: float = 0.1
+    pooling: str = "cls"
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, hidden: jax.Array, deterministic: bool = True) -> jax.Array:
+    def __call__(self, hidden: jax.Array, mask: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
         if hidden.ndim != 3:
             raise ValueError(f"hidden: expected shape [B, L, D], got {hidden.shape}")
+        if self.pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling: expected 'cls' or 'mean', got {self.pooling!r}")
+        if self.pooling == "mean":
+            if mask is None:
+                raise ValueError("pooling 'mean' needs the token mask [B, L]")
+            first = mean(hidden, mask)
+        else:
+            first = hidden[:, 0]
         width = hidden.shape[-1]
         init = nn.initializers.normal(_INIT_STD)
         pooler = nn.Dense(width, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=init, name="pooler")
-        pooled = jnp.tanh(pooler(hidden[:, 0]).astype(jnp.float32))  # [B, D]
+        pooled = jnp.tanh(pooler(first.astype(self.dtype)).astype(jnp.float32))  # [B, D]
         pooled = nn.Dropout(self.dropout_rate)(pooled, deterministic=deterministic)
         score = nn.Dense(1, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=init, name="score")(pooled)
         return score[:, 0].astype(jnp.float32)
