@@ -101,38 +101,27 @@ def read_candidates(path: pathlib.Path, data: zeshel.Zeshel, split: str, k: int)
     if not path.is_file():
         raise CandidateFileError(f"{path}: missing; split {split!r} has {len(mentions)} mentions to rerank")
     found: dict[str, list[str]] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise CandidateFileError(f"{where}: not valid JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise CandidateFileError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-            mid, cands = rec.get("mention_id"), rec.get("candidates")
-            if not isinstance(mid, str):
-                raise CandidateFileError(f"{where}: field 'mention_id' must be a string, got {mid!r:.60}")
-            if not isinstance(cands, list) or not all(isinstance(c, str) for c in cands):
-                raise CandidateFileError(f"{where}: field 'candidates' must be a list of document ids")
-            if mid not in by_id:
-                raise CandidateFileError(f"{where}: field 'mention_id': {mid!r} is not a mention of split {split!r}")
-            if mid in found:
-                raise CandidateFileError(f"{where}: field 'mention_id': duplicate line for {mid!r}")
-            world = by_id[mid].world
-            if "world" in rec and rec["world"] != world:
-                raise CandidateFileError(
-                    f"{where}: field 'world': {rec['world']!r}, but mention {mid!r} is in {world!r}"
-                )
-            docs = data.documents[world]
-            for c in cands:
-                if c not in docs:
-                    raise CandidateFileError(f"{where}: field 'candidates': {c!r} is not a document of world {world!r}")
-            if len(set(cands)) != len(cands):
-                raise CandidateFileError(f"{where}: field 'candidates': duplicate document ids")
-            found[mid] = cands[:k]
+    for lineno, rec in zeshel.json_lines(path, CandidateFileError):
+        where = f"{path}:{lineno}"
+        mid, cands = rec.get("mention_id"), rec.get("candidates")
+        if not isinstance(mid, str):
+            raise CandidateFileError(f"{where}: field 'mention_id' must be a string, got {mid!r:.60}")
+        if not isinstance(cands, list) or not all(isinstance(c, str) for c in cands):
+            raise CandidateFileError(f"{where}: field 'candidates' must be a list of document ids")
+        if mid not in by_id:
+            raise CandidateFileError(f"{where}: field 'mention_id': {mid!r} is not a mention of split {split!r}")
+        if mid in found:
+            raise CandidateFileError(f"{where}: field 'mention_id': duplicate line for {mid!r}")
+        world = by_id[mid].world
+        if "world" in rec and rec["world"] != world:
+            raise CandidateFileError(f"{where}: field 'world': {rec['world']!r}, but mention {mid!r} is in {world!r}")
+        docs = data.documents[world]
+        for c in cands:
+            if c not in docs:
+                raise CandidateFileError(f"{where}: field 'candidates': {c!r} is not a document of world {world!r}")
+        if len(set(cands)) != len(cands):
+            raise CandidateFileError(f"{where}: field 'candidates': duplicate document ids")
+        found[mid] = cands[:k]
     missing = [m.mention_id for m in mentions if m.mention_id not in found]
     if missing:
         raise CandidateFileError(

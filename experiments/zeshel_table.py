@@ -22,6 +22,8 @@ import json
 import math
 import pathlib
 
+from hnjax.data import zeshel
+
 SPLITS = ("val", "test")
 KS = (1, 4, 8, 64)
 
@@ -41,14 +43,11 @@ def gold_labels(data: pathlib.Path) -> dict[str, str]:
     gold = {}
     for split in SPLITS:
         path = data / "mentions" / f"{split}.json"
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        record = json.loads(line)
-                        gold[record["mention_id"]] = record["label_document_id"]
-                    except (json.JSONDecodeError, KeyError) as e:
-                        raise ValueError(f"{path}, line {number}: {e!r}") from e
+        for number, record in zeshel.json_lines(path, ValueError):
+            try:
+                gold[record["mention_id"]] = record["label_document_id"]
+            except KeyError as e:
+                raise ValueError(f"{path}, line {number}: missing field {e}") from None
     return gold
 
 
@@ -59,17 +58,11 @@ def top1_hits(run: pathlib.Path, gold: dict[str, str]) -> dict[str, bool]:
         path = run / "candidates" / f"{split}.jsonl"
         if not path.exists():
             raise FileNotFoundError(f"{path}: missing (run the retriever with --candidate-splits val test)")
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                record = json.loads(line)
-                mention = record.get("mention_id")
-                if mention not in gold:
-                    raise ValueError(
-                        f"{path}, line {number}: mention_id {mention!r} is not in the data's {split} split"
-                    )
-                hits[mention] = bool(record["candidates"]) and record["candidates"][0] == gold[mention]
+        for number, record in zeshel.json_lines(path, ValueError):
+            mention = record.get("mention_id")
+            if mention not in gold:
+                raise ValueError(f"{path}, line {number}: mention_id {mention!r} is not in the data's {split} split")
+            hits[mention] = bool(record["candidates"]) and record["candidates"][0] == gold[mention]
     return hits
 
 

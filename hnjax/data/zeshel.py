@@ -107,7 +107,9 @@ class Zeshel:
         return self.documents[world][document_id]
 
 
-def _json_lines(path: pathlib.Path) -> Iterator[tuple[int, dict]]:
+def json_lines(path: str | pathlib.Path, error: type[Exception] = ZeshelFormatError) -> Iterator[tuple[int, dict]]:
+    """``(line number, object)`` for each non-blank line of a JSON-lines file; ``error`` names file and line of a line
+    that is not a JSON object (the Zeshel files, and the candidate files the retriever writes)."""
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
@@ -115,9 +117,9 @@ def _json_lines(path: pathlib.Path) -> Iterator[tuple[int, dict]]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ZeshelFormatError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+                raise error(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
             if not isinstance(record, dict):
-                raise ZeshelFormatError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+                raise error(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
             yield lineno, record
 
 
@@ -143,7 +145,7 @@ def load_documents(path: str | pathlib.Path) -> dict[str, Document]:
     path = pathlib.Path(path)
     world = path.stem
     docs: dict[str, Document] = {}
-    for lineno, rec in _json_lines(path):
+    for lineno, rec in json_lines(path):
         _check_fields(rec, _DOC_FIELDS, path, lineno)
         if rec["document_id"] in docs:
             raise ZeshelFormatError(f"{path}:{lineno}: field 'document_id': duplicate id {rec['document_id']!r}")
@@ -180,7 +182,7 @@ def load_mentions(
     path = pathlib.Path(path)
     mentions: list[Mention] = []
     seen: set[str] = set()
-    for lineno, rec in _json_lines(path):
+    for lineno, rec in json_lines(path):
         _check_fields(rec, _MENTION_FIELDS, path, lineno)
         if rec["mention_id"] in seen:
             raise ZeshelFormatError(f"{path}:{lineno}: field 'mention_id': duplicate id {rec['mention_id']!r}")
