@@ -2,7 +2,8 @@
 
 Trains a sentence encoder on a plain-text corpus (one sentence per line) with two dropout views per sentence and
 in-batch negatives, evaluates Spearman on the STS-B dev set every --eval-every steps, keeps the best encoder in
-OUT/best (Hugging Face layout: `experiments/sts_eval.py --model OUT/best --pooling cls` evaluates it), and finally
+OUT/best (a sentence-transformers folder with the evaluated pooling: `SentenceTransformer("OUT/best").encode(...)`
+gives the vectors that were evaluated; `experiments/sts_eval.py --model OUT/best` evaluates it too), and finally
 evaluates the best encoder on every STS set found under --sts-dev and --sts-data.
 
 Paper defaults (BERT-base): 1 epoch, batch 64, max length 32, lr 3e-5, τ = 0.05, m = 0.3, [CLS] + MLP in training
@@ -31,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hnjax import embed, models, simcse
+from hnjax import embed, export, models, simcse
 from hnjax import eval as ev
 from hnjax.data import sts, text, tokenize
 from hnjax.train import config as config_lib
@@ -39,6 +40,7 @@ from hnjax.train import loop, metrics
 
 logger = logging.getLogger("simcse_focal")
 BEST_INFO = "hnjax_best.json"
+EVAL_MAX_LENGTH = 128  # tokens per sentence when evaluating on STS (and in the exported OUT/best)
 
 
 def parse_args(argv=None):
@@ -116,7 +118,7 @@ def main(argv=None) -> dict:
 
     def dev_spearman(encoder_params) -> float:
         embed_fn = lambda s: embed.encode_sentences(  # noqa: E731
-            encoder, encoder_params, tokenizer, s, batch_size=args.eval_batch_size, max_length=128,
+            encoder, encoder_params, tokenizer, s, batch_size=args.eval_batch_size, max_length=EVAL_MAX_LENGTH,
             encode_fn=dev_encode, progress=False,
         )  # fmt: skip
         return ev.evaluate_sts(embed_fn, dev_sets, geometry=False)["STSBenchmark-dev"]["spearman"]
@@ -125,7 +127,7 @@ def main(argv=None) -> dict:
         value = dev_spearman(p["encoder"])
         if value > best["stsb_dev_spearman"]:
             best.update(stsb_dev_spearman=value, step=step)
-            models.save_pretrained(best_path, encoder.config, jax.device_get(p["encoder"]), tokenizer_from=model_dir)
+            export.export_simcse(best_path, net, p, tokenizer_from=model_dir, max_seq_length=EVAL_MAX_LENGTH)
             (best_path / BEST_INFO).write_text(json.dumps({**best, "pooling": args.pooling}))
         return {"stsb_dev_spearman": value}
 
@@ -146,7 +148,8 @@ def main(argv=None) -> dict:
     best_model, best_params = models.from_pretrained(best_path)
     final = ev.evaluate_sts(
         lambda s: embed.encode_sentences(best_model, best_params, tokenizer, s, pooling=args.pooling,
-                                         batch_size=args.eval_batch_size, progress=False),
+                                         batch_size=args.eval_batch_size, max_length=EVAL_MAX_LENGTH,
+                                         progress=False),
         final_sets,
     )  # fmt: skip
     curve_path = out / "dev_start.json"

@@ -8,7 +8,7 @@ setting (Spearman over the pairs of all subsets together) with "mean"/"wmean" an
 Run (from the repository root):
 
     python experiments/sts_eval.py --model all-MiniLM-L6-v2 --data DIR --out sts.json
-    python experiments/sts_eval.py --model runs/simcse/best --pooling cls --data DIR --out sts.json
+    python experiments/sts_eval.py --model runs/simcse/best --data DIR --out sts.json   # its modules.json: cls
     # parity with the PyTorch pipeline (transformers + the same pooling; needs torch):
     python experiments/sts_eval.py --model all-MiniLM-L6-v2 --data DIR --sets STSBenchmark-dev --reference-torch \
         --out sts_parity.json
@@ -56,9 +56,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--pooling",
         choices=sorted(embed.POOLINGS),
-        default="mean",
-        help="sentence vector: masked mean of the last hidden states (default; how all-MiniLM-L6-v2 is used) or the "
-        "first token's state (SimCSE-style encoders)",
+        default=None,
+        help="sentence vector: masked mean of the last hidden states or the first token's state (SimCSE-style "
+        "encoders); default: the checkpoint's sentence-transformers pipeline (modules.json: pooling, Dense, "
+        "Normalize) when it has one, else mean",
     )
     p.add_argument("--batch-size", type=int, default=64, help="sentences per encoder call (default 64)")
     p.add_argument(
@@ -142,9 +143,17 @@ def main(argv=None) -> dict:
     logger.info("sets: %s", {name: s.pairs for name, s in sets.items()})
 
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
-    model, params = models.from_pretrained(args.model, dtype=dtype)
+    pretrained = models.load_pretrained(args.model, dtype=dtype)
+    model, params = pretrained.model, pretrained.params
     tokenizer = tokenize.load_tokenizer(args.model)
-    encode_fn = embed.make_encode_fn(model, pooling=args.pooling, normalize=args.normalize)
+    pipeline = pretrained.pipeline if args.pooling is None else None
+    if pipeline is not None:
+        logger.info("embedding: the checkpoint's sentence-transformers pipeline, %s", pipeline.describe())
+        if args.reference_torch and (pipeline.dense or len(pipeline.pooling) > 1 or pipeline.pooling[0] not in
+                                     embed.POOLINGS):  # fmt: skip
+            raise SystemExit(f"--reference-torch implements {sorted(embed.POOLINGS)} pooling only; pass --pooling")
+    args.pooling = args.pooling or (pipeline.pooling[0] if pipeline is not None else "mean")
+    encode_fn = embed.make_encode_fn(model, pooling=args.pooling, normalize=args.normalize, pipeline=pipeline)
 
     def embed_fn(sentences):
         return embed.encode_sentences(

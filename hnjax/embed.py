@@ -18,7 +18,7 @@ import numpy as np
 import tqdm
 
 from hnjax.data import tokenize
-from hnjax.models import poolers
+from hnjax.models import poolers, st_format
 
 logger = logging.getLogger(__name__)
 
@@ -27,10 +27,14 @@ POOLINGS: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {"mean": pool
 EncodeFn = Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array]
 
 
-def make_encode_fn(model: Any, *, pooling: str = "mean", normalize: bool = False) -> EncodeFn:
+def make_encode_fn(
+    model: Any, *, pooling: str = "mean", normalize: bool = False, pipeline: st_format.SentencePipeline | None = None
+) -> EncodeFn:
     """A jitted function `(params, input_ids, attention_mask, token_type_ids) -> vectors [B, D]`.
 
-    v_b = pool(encoder(x_b)), optionally v_b / max(‖v_b‖₂, 1e-12); computed deterministically (no dropout).
+    v_b = pool(encoder(x_b)), optionally v_b / max(‖v_b‖₂, 1e-12); computed deterministically (no dropout). With a
+    `pipeline` (e.g. `hnjax.models.load_pretrained(path).pipeline` of a sentence-transformers folder), v_b =
+    pipeline.apply(encoder(x_b)): its pooling, Dense layers and normalisation.
 
     Args:
       model: a Flax encoder with `apply({"params": params}, input_ids, attention_mask, token_type_ids=...,
@@ -38,6 +42,7 @@ def make_encode_fn(model: Any, *, pooling: str = "mean", normalize: bool = False
       pooling: "mean" (masked mean of the last hidden states, as sentence-transformers' all-MiniLM-L6-v2) or "cls"
         (the first token, as SimCSE's `cls_before_pooler`).
       normalize: L2-normalise the pooled vectors.
+      pipeline: replaces `pooling` and `normalize` when given.
 
     Returns:
       The jitted function; keep it to reuse its compilations (e.g. evaluating every few hundred training steps).
@@ -47,7 +52,8 @@ def make_encode_fn(model: Any, *, pooling: str = "mean", normalize: bool = False
     """
     if pooling not in POOLINGS:
         raise ValueError(f"pooling: expected one of {sorted(POOLINGS)}, got {pooling!r}")
-    pool = POOLINGS[pooling]
+    pool = POOLINGS[pooling] if pipeline is None else pipeline.apply
+    normalize = normalize and pipeline is None
 
     def encode(params, input_ids, attention_mask, token_type_ids):
         hidden = model.apply({"params": params}, input_ids, attention_mask, token_type_ids, deterministic=True)
@@ -73,6 +79,7 @@ def encode_sentences(
     buckets: Sequence[int] | None = None,
     encode_fn: EncodeFn | None = None,
     progress: bool = True,
+    pipeline: st_format.SentencePipeline | None = None,
 ) -> np.ndarray:
     """Embeds sentences with an encoder, in batches under jit.
 
@@ -90,6 +97,7 @@ def encode_sentences(
       buckets: padded lengths (default `hnjax.data.tokenize.default_buckets(max_length)`).
       encode_fn: a function from `make_encode_fn` to reuse; built from model, pooling and normalize when None.
       progress: show a tqdm progress bar.
+      pipeline: a sentence-transformers pipeline replacing pooling and normalize (see `make_encode_fn`).
 
     Returns:
       float32 [S, D], row i the vector of sentences[i].
@@ -104,7 +112,7 @@ def encode_sentences(
         raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
     batch_size = min(batch_size, len(sentences))
     if encode_fn is None:
-        encode_fn = make_encode_fn(model, pooling=pooling, normalize=normalize)
+        encode_fn = make_encode_fn(model, pooling=pooling, normalize=normalize, pipeline=pipeline)
     # Longest first, so similar lengths share a batch and the first batch reveals memory trouble early.
     order = np.argsort([-len(s) for s in sentences], kind="stable")
     out: np.ndarray | None = None

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors import numpy as safetensors_numpy
 
-from hnjax.models import bert, poolers
+from hnjax.models import bert, poolers, seq_cls, st_format
 
 logger = logging.getLogger(__name__)
 
@@ -267,6 +267,21 @@ def params_to_hf(params: dict, config: bert.EncoderConfig) -> dict[str, np.ndarr
     return out
 
 
+def load_encoder(directory: pathlib.Path) -> tuple[bert.EncoderConfig, dict, dict[str, np.ndarray]]:
+    """``(config, params, tensors)`` of the encoder checkpoint in ``directory`` (tensors: all, prefixes removed).
+
+    Raises:
+        FileNotFoundError: no config.json or weights.
+        ValueError: unknown model_type, or a missing / mis-shaped tensor (named).
+    """
+    config_path = directory / CONFIG_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} not found: a checkpoint directory needs config.json")
+    config = bert.EncoderConfig.from_json(config_path)
+    tensors = _strip_prefixes(load_safetensors(directory), str(directory))
+    return config, params_from_hf(tensors, config, source=str(directory)), tensors
+
+
 def from_pretrained(
     name_or_path: str | os.PathLike, *, dtype: Any = jnp.float32, remat: bool = False
 ) -> tuple[bert.BertModel, dict]:
@@ -288,13 +303,9 @@ def from_pretrained(
         >>> model, params = from_pretrained("all-MiniLM-L6-v2")  # doctest: +SKIP
         >>> hidden = model.apply({"params": params}, ids, mask)  # doctest: +SKIP
     """
-    directory = resolve_checkpoint(name_or_path)
-    config_path = directory / CONFIG_FILE
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path} not found: a checkpoint directory needs config.json")
-    config = bert.EncoderConfig.from_json(config_path)
-    tensors = load_safetensors(directory)
-    params = params_from_hf(tensors, config, source=str(directory))
+    folder = st_format.read_folder(resolve_checkpoint(name_or_path))
+    config, params, _ = load_encoder(folder.encoder_dir)
+    directory = folder.encoder_dir
     logger.info(
         "loaded %s encoder from %s: %d layers, width %d",
         config.model_type,
@@ -302,6 +313,13 @@ def from_pretrained(
         config.num_hidden_layers,
         config.hidden_size,
     )
+    if folder.pipeline is not None:
+        logger.info(
+            "%s is a sentence-transformers folder (%s); from_pretrained returns the encoder only: "
+            "hnjax.models.load_pretrained(...).pipeline embeds as it does",
+            name_or_path,
+            folder.pipeline.describe(),
+        )
     return bert.BertModel(config, dtype=dtype, remat=remat), params
 
 
@@ -314,7 +332,7 @@ def load_pooler(name_or_path: str | os.PathLike) -> dict | None:
     Raises:
         ValueError: only one of the two pooler tensors is present.
     """
-    directory = resolve_checkpoint(name_or_path)
+    directory = st_format.read_folder(resolve_checkpoint(name_or_path)).encoder_dir
     tensors = _strip_prefixes(load_safetensors(directory), str(directory))
     present = [spec.hf_name in tensors for spec in POOLER_MAP]
     if not any(present):
@@ -329,6 +347,18 @@ def load_pooler(name_or_path: str | os.PathLike) -> dict | None:
     return out
 
 
+def load_head(name_or_path: str | os.PathLike, config: bert.EncoderConfig) -> tuple[dict, list[str], list[str]]:
+    """The cross-encoder head layers a checkpoint holds: BERT's pooler, a one-label classifier (or RoBERTa's head).
+
+    Returns:
+        ``(params, used, ignored)``: ``params`` with ``"pooler"`` and/or ``"score"`` (``{"kernel", "bias"}``
+        float32 NumPy), and one line per tensor group used or ignored (see :mod:`hnjax.models.seq_cls`).
+    """
+    directory = st_format.read_folder(resolve_checkpoint(name_or_path)).encoder_dir
+    tensors = _strip_prefixes(load_safetensors(directory), str(directory))
+    return seq_cls.head_from_tensors(tensors, config.model_type, config.hidden_size, source=str(directory))
+
+
 def init_cross_encoder_head(
     config: bert.EncoderConfig,
     key: jax.Array,
@@ -337,12 +367,17 @@ def init_cross_encoder_head(
     dropout_rate: float | None = None,
     pooling: str = "cls",
 ) -> tuple[poolers.CrossEncoderHead, dict]:
-    """Builds a cross-encoder head; its pooler starts from the checkpoint's pooler weights when present.
+    """Builds a cross-encoder head; its layers start from the checkpoint's when present.
+
+    A BERT checkpoint's ``pooler.dense`` becomes the head's pooler; a one-label sequence classifier's
+    ``classifier`` (RoBERTa: ``classifier.dense`` and ``classifier.out_proj``) the pooler and score layer, so a
+    cross-encoder checkpoint (e.g. written by :func:`hnjax.models.interop.save_cross_encoder`) resumes as it was.
+    What was taken, what starts random and what was ignored is logged.
 
     Args:
         config: encoder hyperparameters (width D, default dropout).
         key: PRNG key for the parameters not found in the checkpoint.
-        checkpoint: optional checkpoint directory or known name to take ``pooler.dense`` from.
+        checkpoint: optional checkpoint directory or known name to take the head's layers from.
         dropout_rate: dropout before the score layer; defaults to ``config.hidden_dropout_prob``.
         pooling: what the pooler reads: ``"cls"`` (BERT's pooled output) or ``"mean"`` (masked mean of the states).
 
@@ -353,16 +388,17 @@ def init_cross_encoder_head(
     head = poolers.CrossEncoderHead(dropout_rate=rate, pooling=pooling)
     params = dict(head.init(key, jnp.zeros((1, 1, config.hidden_size), jnp.float32), jnp.ones((1, 1), bool))["params"])
     if checkpoint is not None:
-        pooler = load_pooler(checkpoint)
-        if pooler is None:
-            logger.info("%s has no pooler tensors; the cross-encoder pooler starts from random weights", checkpoint)
-        elif pooler["kernel"].shape != params["pooler"]["kernel"].shape:
-            raise ValueError(
-                f"{checkpoint}: pooler.dense.weight has shape {pooler['kernel'].shape[::-1]}, "
-                f"expected {params['pooler']['kernel'].shape[::-1]}"
-            )
-        else:
-            params["pooler"] = pooler
+        found, used, ignored = load_head(checkpoint, config)
+        for part, layer in found.items():
+            params[part] = {k: jnp.asarray(v) for k, v in layer.items()}
+        fresh = [part for part in ("pooler", "score") if part not in found]
+        logger.info(
+            "cross-encoder head from %s: %s; random: %s%s",
+            checkpoint,
+            "; ".join(used) or "nothing",
+            ", ".join(fresh) or "nothing",
+            f"; ignored: {'; '.join(ignored)}" if ignored else "",
+        )
     return head, params
 
 
