@@ -9,11 +9,15 @@ Run (from the repository root):
 
     python experiments/sts_eval.py --model all-MiniLM-L6-v2 --data DIR --out sts.json
     python experiments/sts_eval.py --model runs/simcse/best --data DIR --out sts.json   # its modules.json: cls
+    # a sentence-transformers folder (e.g. runs/simcse/best) against SentenceTransformer(folder).encode:
+    python experiments/sts_eval.py --model runs/simcse/best --data DIR --sets STSBenchmark-dev \
+        --reference-sentence-transformers --out sts_st.json
     # parity with the PyTorch pipeline (transformers + the same pooling; needs torch):
     python experiments/sts_eval.py --model all-MiniLM-L6-v2 --data DIR --sets STSBenchmark-dev --reference-torch \
         --out sts_parity.json
 
-Output: {"<set>": {"spearman": float, "pairs": int, ...}, ...}; with --reference-torch each set also holds
+Output: {"<set>": {"spearman": float, "pairs": int, ...}, ...}; with --reference-torch (or
+--reference-sentence-transformers) each set also holds
 "spearman_torch", "spearman_diff" (hnjax − torch) and "cosine_max_abs_diff" (largest difference of a pair's
 cosine between the two pipelines).
 """
@@ -63,7 +67,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--batch-size", type=int, default=64, help="sentences per encoder call (default 64)")
     p.add_argument(
-        "--max-length", type=int, default=128, help="tokens per sentence, special tokens included (default 128)"
+        "--max-length",
+        type=int,
+        default=None,
+        help="tokens per sentence, special tokens included (default: the sentence-transformers folder's "
+        "max_seq_length, else 128)",
     )
     p.add_argument(
         "--normalize",
@@ -83,11 +91,17 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="also score every set with PyTorch transformers (same tokenizer, pooling and max length) and report "
         "spearman_torch and spearman_diff; needs torch",
     )
+    p.add_argument(
+        "--reference-sentence-transformers",
+        action="store_true",
+        help="as --reference-torch, with SentenceTransformer(--model).encode (its own modules.json pipeline and "
+        "max_seq_length) as the reference; needs sentence-transformers",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = p.parse_args(argv)
     if args.batch_size < 1:
         p.error(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.max_length < 2:
+    if args.max_length is not None and args.max_length < 2:
         p.error(f"--max-length must be >= 2, got {args.max_length}")
     return args
 
@@ -125,6 +139,17 @@ def torch_embed_fn(model_name: str, *, pooling: str, max_length: int, batch_size
     return embed_fn
 
 
+def st_embed_fn(model_name: str, *, batch_size: int, progress: bool):
+    """Sentence vectors from sentence-transformers itself, offline (not used by hnjax itself)."""
+    import sentence_transformers
+
+    directory = str(models.resolve_checkpoint(model_name))
+    net = sentence_transformers.SentenceTransformer(directory, device="cpu", local_files_only=True)
+    return lambda sentences: net.encode(
+        list(sentences), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=progress
+    )
+
+
 def capture(embed_fn, store: dict):
     """Wraps an embedding function so that it also records sentence → vector in `store`."""
 
@@ -153,6 +178,9 @@ def main(argv=None) -> dict:
                                      embed.POOLINGS):  # fmt: skip
             raise SystemExit(f"--reference-torch implements {sorted(embed.POOLINGS)} pooling only; pass --pooling")
     args.pooling = args.pooling or (pipeline.pooling[0] if pipeline is not None else "mean")
+    if args.max_length is None:
+        folder_length = pretrained.pipeline.max_seq_length if pretrained.pipeline is not None else None
+        args.max_length = folder_length or 128
     encode_fn = embed.make_encode_fn(model, pooling=args.pooling, normalize=args.normalize, pipeline=pipeline)
 
     def embed_fn(sentences):
@@ -172,15 +200,18 @@ def main(argv=None) -> dict:
     results = ev.evaluate_sts(capture(embed_fn, ours), sets, geometry=not args.no_geometry)
     logger.info("hnjax evaluation took %.1f s", time.perf_counter() - t0)
 
-    if args.reference_torch:
+    if args.reference_torch or args.reference_sentence_transformers:
         t0 = time.perf_counter()
-        ref_fn = torch_embed_fn(
-            args.model,
-            pooling=args.pooling,
-            max_length=args.max_length,
-            batch_size=args.batch_size,
-            progress=not args.no_progress,
-        )
+        if args.reference_sentence_transformers:
+            ref_fn = st_embed_fn(args.model, batch_size=args.batch_size, progress=not args.no_progress)
+        else:
+            ref_fn = torch_embed_fn(
+                args.model,
+                pooling=args.pooling,
+                max_length=args.max_length,
+                batch_size=args.batch_size,
+                progress=not args.no_progress,
+            )
         theirs = {}
         reference = ev.evaluate_sts(capture(ref_fn, theirs), sets, geometry=False)
         logger.info("torch evaluation took %.1f s", time.perf_counter() - t0)

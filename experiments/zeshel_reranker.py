@@ -40,7 +40,7 @@ import numpy as np
 import tqdm
 
 from hnjax import eval as ev
-from hnjax import models, reranker
+from hnjax import export, models, reranker
 from hnjax.data import tokenize, zeshel
 from hnjax.train import config as config_lib
 from hnjax.train import loop, metrics
@@ -72,6 +72,8 @@ def parse_args(argv=None):
         "(for mean-pooled sentence encoders such as all-MiniLM-L6-v2)",
     )
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="encoder compute dtype")
+    p.add_argument("--export", action="store_true",
+                   help="also write OUT/export: a one-label sequence classifier (CrossEncoder loads it)")  # fmt: skip
     defaults = config_lib.TrainConfig(batch_size=2, grad_accum=2, lr=2e-5, warmup=0.2, max_steps=1)
     config_lib.add_train_arguments(p, defaults)
     p.add_argument("--epochs", type=float, default=3.0, help="epochs when --max-steps is not given (default 3)")
@@ -270,6 +272,8 @@ def main(argv=None) -> dict:
                       extra_config=extra)  # fmt: skip
     print(result.format_time_split())
     trained = jax.device_put(result.state.params)
+    if args.export:
+        export.export_reranker(out / "export", cross, trained, tokenizer_from=model_dir, max_length=length)
 
     # Evaluation: rerank the retrieved lists as they are (no gold inserted).
     score_fn = jax.jit(lambda p, batch: cross.scores(p, batch["pair_ids"], batch["pair_mask"], batch["pair_types"]))

@@ -38,7 +38,7 @@ import numpy as np
 import tqdm
 
 from hnjax import eval as ev
-from hnjax import mining, models, retriever
+from hnjax import export, mining, models, retriever
 from hnjax.data import tokenize, zeshel
 from hnjax.train import config as config_lib
 from hnjax.train import loop, metrics
@@ -69,6 +69,8 @@ def parse_args(argv=None):
     p.add_argument("--candidate-splits", nargs="+", default=["train", "val", "test"],
                    help="splits whose top-64 candidates are written for the reranker")  # fmt: skip
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="encoder compute dtype")
+    p.add_argument("--export", action="store_true",
+                   help="also write OUT/export: the towers as ST folders and the scorer JSON")  # fmt: skip
     defaults = config_lib.TrainConfig(batch_size=16, grad_accum=2, lr=1e-5, max_steps=1)
     config_lib.add_train_arguments(p, defaults)
     p.add_argument("--epochs", type=float, default=4.0, help="epochs when --max-steps is not given (default 4)")
@@ -166,6 +168,8 @@ def main(argv=None) -> dict:
                       miner=miner, extra_config=extra)  # fmt: skip
     print(result.format_time_split())
     trained = jax.device_put(result.state.params)
+    if args.export:
+        export.export_retriever(out / "export", ret, trained, tokenizer_from=model_dir, max_length=length)
 
     # Evaluation: every mention against its own world's entities, exact retriever scores.
     results: dict = {}

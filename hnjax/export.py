@@ -221,6 +221,10 @@ def export_reranker(
     Raises:
         ValueError: a head with no transformers / sentence-transformers equivalent (mean pooling, extra terms).
     """
+    extra = sorted(set(params) - {"encoder", "head"})
+    if extra:
+        raise ValueError(f"params: {extra} are not part of a cross-encoder; only its score exports")
+    interop.check_plain(model, ("encoder", "head"), "reranker")
     params = jax.device_get(params)
     return interop.save_cross_encoder(
         path, model.encoder.config, params["encoder"], model.head, params["head"],

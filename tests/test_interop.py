@@ -4,6 +4,7 @@ Each model is saved by hnjax and loaded by sentence-transformers / transformers 
 files only), which must give the same vectors and scores; and hnjax reads their folders back.
 """
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -200,6 +201,8 @@ def test_old_layout_and_unsupported_modules(tmp_path, st_export):
     (old / "modules.json").write_text(json.dumps(entries))
     with pytest.raises(ValueError, match=r"modules.json: entry 2 .*LSTM.* not supported"):
         models.load_pretrained(old)
+    _, encoder_only = models.from_pretrained(old)  # the encoder alone still loads
+    jax.tree.map(np.testing.assert_array_equal, encoder_only, jax.device_get(params))
     entries.pop()
     (old / "modules.json").write_text(json.dumps(entries))
     (old / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode": "median"}))
@@ -346,6 +349,23 @@ def test_roberta_cross_encoder_and_refused_heads(tmp_path, minilm_dir):
     with pytest.raises(ValueError, match=r"\['extra'\] are not part"):
         models.save_cross_encoder(tmp_path / "x", config, encoder_params, head, {**head_params, "extra": {}},
                                   tokenizer_from=minilm_dir)  # fmt: skip
+
+
+def test_reranker_options_outside_a_classifier_are_refused(tmp_path, minilm_dir):
+    @dataclasses.dataclass(frozen=True)
+    class WithRetrieverScore(reranker.CrossEncoder):  # stands for any option that changes the score
+        retriever_weight: float = 0.0
+
+    config = _tiny_config()
+    head = models.poolers.CrossEncoderHead()
+    params = {"encoder": {}, "head": {}}
+    with pytest.raises(ValueError, match=r"reranker.retriever_weight=0.5: a one-label sequence classifier cannot"):
+        export.export_reranker(tmp_path, WithRetrieverScore(models.BertModel(config), head, 0.5), params,
+                               tokenizer_from=minilm_dir, max_length=16)  # fmt: skip
+    with pytest.raises(ValueError, match=r"params: \['retriever'\] are not part of a cross-encoder"):
+        export.export_reranker(tmp_path, reranker.CrossEncoder(models.BertModel(config), head),
+                               {**params, "retriever": {}}, tokenizer_from=minilm_dir, max_length=16)  # fmt: skip
+    assert not any(tmp_path.iterdir())  # nothing written
 
 
 def test_classifier_with_several_labels_is_reported_not_used(tmp_path, minilm_dir):

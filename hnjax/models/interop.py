@@ -170,6 +170,21 @@ def save_sentence_transformer(
     return out
 
 
+def check_plain(obj: Any, allowed: tuple[str, ...], what: str) -> None:
+    """Raises when a dataclass field outside ``allowed`` differs from its default: an option the export cannot carry."""
+    for field in dataclasses.fields(obj):
+        if field.name in allowed:
+            continue
+        default = field.default if field.default is not dataclasses.MISSING else dataclasses.MISSING
+        if field.default_factory is not dataclasses.MISSING:
+            default = field.default_factory()
+        if default is dataclasses.MISSING or getattr(obj, field.name) != default:
+            raise ValueError(
+                f"{what}.{field.name}={getattr(obj, field.name)!r}: a one-label sequence classifier cannot represent "
+                "this option; only the plain cross-encoder score exports"
+            )
+
+
 def save_cross_encoder(
     path: str | os.PathLike,
     config: bert.EncoderConfig,
@@ -212,6 +227,7 @@ def save_cross_encoder(
     extra = sorted(set(head_params) - {"pooler", "score"})
     if extra:
         raise ValueError(f"head_params: {extra} are not part of a one-label sequence classifier's head")
+    check_plain(head, ("dropout_rate", "pooling", "dtype", "parent", "name"), "head")
     prefix = seq_cls.PREFIXES[config.model_type]
     tensors = {prefix + name: value for name, value in loading.params_to_hf(encoder_params, config).items()}
     head_tensors = seq_cls.head_to_tensors(config.model_type, head_params)
@@ -228,7 +244,7 @@ def save_cross_encoder(
         metadata={"format": "pt"},
     )  # fmt: skip
     source = loading.resolve_checkpoint(tokenizer_from)
-    source = st_format.read_folder(source).encoder_dir
+    source = st_format.encoder_dir(source)
     copied = [name for name in loading.TOKENIZER_FILES if (source / name).is_file()]
     if not copied:
         raise FileNotFoundError(f"tokenizer_from: no tokenizer files in {source}")

@@ -303,9 +303,9 @@ def from_pretrained(
         >>> model, params = from_pretrained("all-MiniLM-L6-v2")  # doctest: +SKIP
         >>> hidden = model.apply({"params": params}, ids, mask)  # doctest: +SKIP
     """
-    folder = st_format.read_folder(resolve_checkpoint(name_or_path))
-    config, params, _ = load_encoder(folder.encoder_dir)
-    directory = folder.encoder_dir
+    root = resolve_checkpoint(name_or_path)
+    directory = st_format.encoder_dir(root)
+    config, params, _ = load_encoder(directory)
     logger.info(
         "loaded %s encoder from %s: %d layers, width %d",
         config.model_type,
@@ -313,12 +313,16 @@ def from_pretrained(
         config.num_hidden_layers,
         config.hidden_size,
     )
-    if folder.pipeline is not None:
+    if directory != root or (root / st_format.MODULES_FILE).is_file():
+        try:
+            described = st_format.read_folder(root).pipeline.describe()
+        except ValueError as err:
+            described = f"with modules hnjax cannot apply: {err}"
         logger.info(
             "%s is a sentence-transformers folder (%s); from_pretrained returns the encoder only: "
             "hnjax.models.load_pretrained(...).pipeline embeds as it does",
             name_or_path,
-            folder.pipeline.describe(),
+            described,
         )
     return bert.BertModel(config, dtype=dtype, remat=remat), params
 
@@ -332,7 +336,7 @@ def load_pooler(name_or_path: str | os.PathLike) -> dict | None:
     Raises:
         ValueError: only one of the two pooler tensors is present.
     """
-    directory = st_format.read_folder(resolve_checkpoint(name_or_path)).encoder_dir
+    directory = st_format.encoder_dir(resolve_checkpoint(name_or_path))
     tensors = _strip_prefixes(load_safetensors(directory), str(directory))
     present = [spec.hf_name in tensors for spec in POOLER_MAP]
     if not any(present):
@@ -354,7 +358,7 @@ def load_head(name_or_path: str | os.PathLike, config: bert.EncoderConfig) -> tu
         ``(params, used, ignored)``: ``params`` with ``"pooler"`` and/or ``"score"`` (``{"kernel", "bias"}``
         float32 NumPy), and one line per tensor group used or ignored (see :mod:`hnjax.models.seq_cls`).
     """
-    directory = st_format.read_folder(resolve_checkpoint(name_or_path)).encoder_dir
+    directory = st_format.encoder_dir(resolve_checkpoint(name_or_path))
     tensors = _strip_prefixes(load_safetensors(directory), str(directory))
     return seq_cls.head_from_tensors(tensors, config.model_type, config.hidden_size, source=str(directory))
 

@@ -282,6 +282,21 @@ def read_dense(directory: pathlib.Path) -> DenseLayer:
     return DenseLayer(np.ascontiguousarray(weight.T), bias, by_path[activation_path])
 
 
+def encoder_dir(directory: str | os.PathLike) -> pathlib.Path:
+    """The folder holding the encoder: ``directory`` itself, or its ``modules.json`` Transformer module's path."""
+    directory = pathlib.Path(directory)
+    modules_path = directory / MODULES_FILE
+    if not modules_path.is_file():
+        return directory
+    entries = _read_json(modules_path)
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{modules_path}: expected a non-empty JSON list of modules")
+    kind, path = _module_kind(entries[0], str(modules_path), 0)
+    if kind != "Transformer":
+        raise ValueError(f"{modules_path}: entry 0: expected a Transformer module first, got {entries[0]['type']!r}")
+    return directory / path
+
+
 def read_folder(directory: str | os.PathLike) -> FolderInfo:
     """Reads a checkpoint folder's sentence-transformers modules, if any.
 
@@ -300,20 +315,16 @@ def read_folder(directory: str | os.PathLike) -> FolderInfo:
     modules_path = directory / MODULES_FILE
     if not modules_path.is_file():
         return FolderInfo(directory, None)
+    encoder = encoder_dir(directory)
     entries = _read_json(modules_path)
-    if not isinstance(entries, list) or not entries:
-        raise ValueError(f"{modules_path}: expected a non-empty JSON list of modules")
     kinds = [_module_kind(e, str(modules_path), i) for i, e in enumerate(entries)]
-    if kinds[0][0] != "Transformer":
-        raise ValueError(f"{modules_path}: entry 0: expected a Transformer module first, got {entries[0]['type']!r}")
-    encoder_dir = directory / kinds[0][1]
     used, ignored = [f"encoder ({kinds[0][1] or 'folder root'})"], []
-    st_config = _read_json(encoder_dir / ST_CONFIG_FILE, default={}) if encoder_dir.is_dir() else {}
+    st_config = _read_json(encoder / ST_CONFIG_FILE, default={}) if encoder.is_dir() else {}
     max_seq_length = st_config.get("max_seq_length")
     if max_seq_length is not None:
         used.append(f"max_seq_length {max_seq_length} ({ST_CONFIG_FILE})")
     if st_config.get("do_lower_case"):
-        raise ValueError(f"{encoder_dir / ST_CONFIG_FILE}: field 'do_lower_case': true is not supported by hnjax")
+        raise ValueError(f"{encoder / ST_CONFIG_FILE}: field 'do_lower_case': true is not supported by hnjax")
     pooling, dense, normalize = None, [], False
     for i, ((kind, path), entry) in enumerate(zip(kinds[1:], entries[1:]), start=1):
         where = f"{modules_path}: entry {i} ({entry['type']})"
@@ -350,7 +361,7 @@ def read_folder(directory: str | os.PathLike) -> FolderInfo:
     if model_config.get("prompts") and any(model_config["prompts"].values()):
         ignored.append(f"prompts {sorted(model_config['prompts'])} ({ST_MODEL_CONFIG_FILE}): prepend them yourself")
     pipeline = SentencePipeline(tuple(pooling), tuple(dense), normalize, max_seq_length, similarity)
-    return FolderInfo(encoder_dir, pipeline, tuple(used), tuple(ignored))
+    return FolderInfo(encoder, pipeline, tuple(used), tuple(ignored))
 
 
 # ------------------------------------------------------------------------------------------------------- writing
