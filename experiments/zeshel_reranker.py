@@ -22,7 +22,8 @@ Run (from the repository root), after experiments/zeshel_retriever.py wrote RUN/
 Writes OUT/results.json ({"val": {"normalized_accuracy", "unnormalized_accuracy", "macro_normalized_accuracy",
 "macro_unnormalized_accuracy", "mentions", "mentions_with_gold", "per_world"}, "test": {..}, ...}),
 OUT/metrics.jsonl (step, loss, ...), OUT/predictions/<split>.jsonl (lines {"mention_id", "world", "gold",
-"prediction", "candidates", "scores"}) and checkpoints for --resume.
+"prediction", "candidates", "scores"}), checkpoints for --resume, and with --export OUT/export (a one-label
+sequence classifier: transformers' AutoModelForSequenceClassification and sentence-transformers' CrossEncoder load it).
 """
 
 from __future__ import annotations

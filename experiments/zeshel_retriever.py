@@ -17,7 +17,8 @@ Run (from the repository root):
         --hard-share 0.5 --max-steps 200 --num-negatives 15 --batch-size 8 --grad-accum 1 --max-length 48
 
 Writes OUT/results.json ({"val": {"recall@1": ..}, "test": {..}, ...}), OUT/metrics.jsonl, OUT/candidates/<split>.jsonl
-(lines {"mention_id", "world", "candidates": [document_id, ...], "scores": [...]}) and checkpoints for --resume.
+(lines {"mention_id", "world", "candidates": [document_id, ...], "scores": [...]}), checkpoints for --resume, and with
+--export OUT/export (each tower a sentence-transformers folder + hnjax_retriever.json; docs/models.md).
 
 Mining POLY: the mention's m codes against the entity's [CLS] vector is not an inner-product search; the Miner
 shortlists by ⟨Σ_i code_i, entity⟩ and takes the top of that shortlist (documented approximation).

@@ -291,7 +291,7 @@ def test_trained_reranker_exports_to_transformers_and_cross_encoder(tmp_path, to
     ids, mask, types = _pair_batch(tokenizer)
     cross, params, losses = _train_reranker(config, jax.random.key(0), ids, mask, types)
     assert losses[-1] < losses[0]  # it trained (gold pairs are the even rows)
-    ours = np.asarray(cross.scores(params, ids[None], mask[None], types[None]))[0]  # [P]
+    ours = np.asarray(jax.jit(cross.scores)(params, ids[None], mask[None], types[None]))[0]  # [P]
     path = export.export_reranker(tmp_path / "ce", cross, params, tokenizer_from=minilm_dir, max_length=24)
 
     hf = transformers.AutoModelForSequenceClassification.from_pretrained(str(path), local_files_only=True).eval()
@@ -332,8 +332,9 @@ def test_roberta_cross_encoder_and_refused_heads(tmp_path, minilm_dir):
     mask[1, 6:] = False
     ids[0, 0] = ids[1, 0] = ids[2, 0] = 0
     ids = np.where(mask, ids, 1)  # RoBERTa pads with 1
-    hidden = models.BertModel(config).apply({"params": encoder_params}, ids, mask)
-    ours = np.asarray(head.apply({"params": head_params}, hidden, mask))
+    cross = reranker.CrossEncoder(models.BertModel(config), head)
+    score = jax.jit(lambda p, i, m: cross.scores(p, i[None], m[None], jnp.zeros_like(i)[None])[0])
+    ours = np.asarray(score({"encoder": encoder_params, "head": head_params}, ids, mask))
     hf = transformers.AutoModelForSequenceClassification.from_pretrained(str(path), local_files_only=True).eval()
     assert type(hf).__name__ == "RobertaForSequenceClassification"
     with torch.no_grad():
@@ -407,9 +408,9 @@ def test_retriever_export_rebuilds_the_score(tmp_path, tokenizer, minilm_dir, sc
     mentions, entities = SENTENCES[:3], SENTENCES[2:]
     qe = tokenize.batch_encode(tokenizer, mentions, max_length=24)
     de = tokenize.batch_encode(tokenizer, entities, max_length=24)
-    q, qm = ret.encode_mentions(params, qe.input_ids, qe.attention_mask)
-    d, dm = ret.encode_entities(params, de.input_ids, de.attention_mask)
-    ours = np.asarray(ret.score(q, qm, d, dm))  # [3, 3]
+    q, qm = jax.jit(ret.encode_mentions)(params, qe.input_ids, qe.attention_mask)
+    d, dm = jax.jit(ret.encode_entities)(params, de.input_ids, de.attention_mask)
+    ours = np.asarray(jax.jit(ret.score)(q, qm, d, dm))  # [3, 3]
     path = export.export_retriever(tmp_path / "ret", ret, params, tokenizer_from=minilm_dir, max_length=24)
 
     conf = json.loads((path / export.RETRIEVER_CONFIG).read_text())
