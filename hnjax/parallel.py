@@ -7,7 +7,10 @@ numbers:
 * ``"none"``: ``jax.jit(step, donate_argnums=0)`` on one device (the step is built with ``axis_name=None``);
 * ``"shard_map"``: ``jax.jit(jax.shard_map(step, mesh, in_specs=(P(), P("data")), out_specs=P()))`` over a
   :func:`make_mesh` mesh: the state is replicated, the batch is split along its leading axis. This is the current
-  JAX recommendation and the path to several hosts (:func:`initialize_distributed` first);
+  JAX recommendation and the only mode of multi-process runs (``hnjax.distributed.initialize`` first): the mesh then
+  spans every device of every process, each process places only its own contiguous block of rows of the global batch
+  (:meth:`DataParallel.local_rows`, :meth:`DataParallel.put_local_batch`, built on
+  ``jax.make_array_from_process_local_data``) and reads results from its own devices;
 * ``"pmap"``: ``jax.pmap(step, axis_name="data")`` with the state replicated along a leading device axis and the batch
   reshaped to ``[n_devices, B / n_devices, ...]``.
 
@@ -47,7 +50,7 @@ def make_mesh(n_devices: int | None = None, *, axis_name: str = DATA_AXIS) -> ja
 
     Args:
       n_devices: number of devices, the first ``n_devices`` of ``jax.devices()``; ``None`` for all of them (every
-        device of every process after :func:`initialize_distributed`).
+        device of every process after ``hnjax.distributed.initialize``).
       axis_name: name of the mesh axis.
 
     Returns:
@@ -63,17 +66,6 @@ def make_mesh(n_devices: int | None = None, *, axis_name: str = DATA_AXIS) -> ja
     if not 1 <= n <= available:
         raise ValueError(f"n_devices must be between 1 and the {available} available devices, got {n_devices}")
     return jax.make_mesh((n,), (axis_name,), devices=jax.devices()[:n])
-
-
-def initialize_distributed(**kwargs: Any) -> None:
-    """Start multi-host JAX (one call per process, before any other JAX call).
-
-    A thin pass-through to ``jax.distributed.initialize(**kwargs)`` (coordinator address, process count and id, or
-    auto-detection on managed clusters). Afterwards ``make_mesh()`` spans every device of every process and the
-    ``"shard_map"`` mode runs unchanged; each process then feeds its own rows of the global batch.
-    """
-    jax.distributed.initialize(**kwargs)
-    logger.info("distributed JAX: process %d of %d", jax.process_index(), jax.process_count())
 
 
 def all_gather(x: jax.Array, axis_name: str | None) -> jax.Array:
@@ -174,6 +166,11 @@ class DataParallel:
             raise ValueError(f"n_devices must be 1 when mode='none', got {n}; use mode 'pmap' or 'shard_map'")
         if not 1 <= n <= available:
             raise ValueError(f"n_devices must be between 1 and the {available} available devices, got {n}")
+        if jax.process_count() > 1 and (self.mode != "shard_map" or n != available):
+            raise ValueError(
+                f"a run over {jax.process_count()} processes needs mode 'shard_map' over all {available} devices "
+                f"(--parallel shard_map, --devices all), got mode {self.mode!r} with n_devices={n}"
+            )
         object.__setattr__(self, "n_devices", n)
 
     @property
@@ -219,7 +216,43 @@ class DataParallel:
             # stay on the devices (``device_put_replicated`` is deprecated).
             host = jax.device_get(state)
             return jax.tree.map(lambda x: np.stack([np.asarray(x)] * self.n_devices), host)
-        return jax.device_put(state, NamedSharding(self.mesh, P()))
+        sharding = NamedSharding(self.mesh, P())
+        if jax.process_count() == 1:
+            return jax.device_put(state, sharding)
+        # Every process holds the same host values; each places them on its own devices.
+        host = jax.device_get(state)
+        return jax.tree.map(
+            lambda x: jax.make_array_from_callback(np.shape(x), sharding, lambda index: np.asarray(x)[index]), host
+        )
+
+    def local_rows(self, global_rows: int) -> slice:
+        """This process's contiguous block of rows of a global batch of ``global_rows`` rows (all of them with one
+        process).
+
+        Raises:
+          ValueError: ``global_rows`` does not divide by ``n_devices``, or (a device order no mesh of ours produces)
+            this process's devices hold non-contiguous rows.
+        """
+        if global_rows % self.n_devices:
+            raise ValueError(f"global_rows={global_rows} is not divisible by n_devices={self.n_devices}; pad it")
+        if self.mode != "shard_map" or jax.process_count() == 1:
+            return slice(0, global_rows)
+        index_map = NamedSharding(self.mesh, P(DATA_AXIS)).addressable_devices_indices_map((global_rows,))
+        blocks = sorted({(s.start or 0, global_rows if s.stop is None else s.stop) for (s,) in index_map.values()})
+        for (_, stop), (start, _) in zip(blocks, blocks[1:]):
+            if stop != start:
+                raise ValueError(f"process {jax.process_index()} holds non-contiguous rows {blocks} of the mesh")
+        return slice(blocks[0][0], blocks[-1][1])
+
+    def put_local_batch(self, batch: Any, global_rows: int) -> Any:
+        """Place this process's rows (``local_rows(global_rows)``) of a global batch; :meth:`put_batch` with one
+        process."""
+        if jax.process_count() == 1:
+            return self.put_batch(batch)
+        sharding = NamedSharding(self.mesh, P(DATA_AXIS))
+        return jax.tree.map(
+            lambda x: jax.make_array_from_process_local_data(sharding, x, (global_rows,) + np.shape(x)[1:]), batch
+        )
 
     def put_batch(self, batch: Any) -> Any:
         """Place a host batch whose leading axis divides ``n_devices`` (see :func:`pad_batch`)."""
@@ -234,9 +267,15 @@ class DataParallel:
         return jax.device_put(batch, NamedSharding(self.mesh, P(DATA_AXIS)))
 
     def unreplicate(self, tree: Any) -> Any:
-        """One device's copy of a replicated placed value (still on device; dispatch stays asynchronous)."""
+        """One local device's copy of a replicated placed value (still on device; dispatch stays asynchronous).
+
+        Host-side work on it (mining, evaluation) then runs on that one device of this process, never as a computation
+        over the whole mesh (which, across processes, every process would have to enter together).
+        """
         if self.mode == "pmap":
             return jax.tree.map(lambda x: x[0], tree)
+        if self.mode == "shard_map":
+            return jax.tree.map(lambda x: x.addressable_data(0) if isinstance(x, jax.Array) else x, tree)
         return tree
 
     def state_to_host(self, state: Any) -> Any:

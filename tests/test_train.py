@@ -16,7 +16,7 @@ import pytest
 
 from hnjax.train import checkpoint as checkpoint_lib
 from hnjax.train import config as config_lib
-from hnjax.train import loop
+from hnjax.train import feed, loop
 from hnjax.train import metrics as metrics_lib
 from hnjax.train import state as state_lib
 from hnjax.train import step as step_lib
@@ -175,7 +175,7 @@ def test_argparse_glue():
 
 
 def test_data_order_is_seeded_complete_and_pads_the_last_batch():
-    order = loop.DataOrder(10, 4, seed=3)
+    order = feed.DataOrder(10, 4, seed=3)
     assert order.steps_per_epoch == 3
     epoch0 = np.concatenate([order.indices(t) for t in range(3)])
     np.testing.assert_array_equal(np.sort(epoch0), np.arange(10))
