@@ -11,7 +11,7 @@ from scipy import stats
 
 from hnjax import mining
 from hnjax.mining import device
-from hnjax.mining import miner as miner_lib
+from hnjax.mining import negatives as negatives_lib
 
 N, D, Q = 2000, 32, 100
 
@@ -358,10 +358,10 @@ def test_random_recipe_is_uniform_over_non_gold():
 
 def test_uniform_excluding_maps_past_excluded_ids():
     rng = np.random.default_rng(0)
-    out = miner_lib.uniform_excluding(rng, 10, np.array([9, 0, 3, 3]), 7)
+    out = negatives_lib.uniform_excluding(rng, 10, np.array([9, 0, 3, 3]), 7)
     assert sorted(out.tolist()) == [1, 2, 4, 5, 6, 7, 8]
     with pytest.raises(ValueError, match="only 7"):
-        miner_lib.uniform_excluding(rng, 10, np.array([0, 3, 9]), 8)
+        negatives_lib.uniform_excluding(rng, 10, np.array([0, 3, 9]), 8)
 
 
 def test_false_negative_guard(task):
@@ -509,3 +509,58 @@ def test_auto_backend_is_exact_search_on_cpu(task):
     s = reference_scores(task)
     for i, g in enumerate(gold):
         np.testing.assert_array_equal(auto.table[i], [j for j in np.argsort(-s[i], kind="stable") if j not in g][:5])
+
+
+def test_random_recipe_counts_batched_corpus_without_encoding():
+    def never(p, b):
+        raise AssertionError("the random recipe must not encode")
+
+    corpus = [np.zeros((7, 3), np.float32), np.zeros((5, 3), np.float32)]  # 12 documents in two batches
+    miner = mining.Miner(never, corpus, [np.zeros((4, 3), np.float32)], [0, 1, 2, 11], index="flat",
+                         recipe="random", num_negatives=5, seed=0, progress=False)  # fmt: skip
+    miner.refresh(None, step=0)
+    assert miner.n_docs == 12 and miner.table.shape == (4, 5)
+    for row, g in zip(miner.table, [0, 1, 2, 11]):
+        assert g not in row and len(set(row.tolist())) == 5 and row.max() < 12
+
+
+def test_negatives_of_a_query_do_not_depend_on_the_other_queries():
+    """Mining a share of the queries (one process's) gives the rows of mining all of them: per-query keys."""
+    rng = np.random.default_rng(3)
+    gold = negatives_lib.GoldSets.from_lists([set(rng.choice(50, 2, replace=False).tolist()) for _ in range(30)])
+    key = jax.random.key(5)
+    full = np.full((30, 6), -1, np.int64)  # one chosen negative per row (the smallest non-gold id), five to fill
+    full[:, 0] = [min(set(range(50)) - set(g.tolist())) for g in gold.ids]
+    whole, _ = negatives_lib.fill_uniform(full.copy(), gold, 50, key=key, query_ids=np.arange(30))
+    share = negatives_lib.GoldSets(gold.ids[12:25], gold.sizes[12:25])
+    part, filled = negatives_lib.fill_uniform(full[12:25].copy(), share, 50, key=key, query_ids=np.arange(12, 25))
+    np.testing.assert_array_equal(part, whole[12:25])
+    assert filled == 13 * 5
+    for row, g in zip(whole, gold.ids):
+        assert len(set(row.tolist())) == 6 and not set(row.tolist()) & set(g.tolist()) and row.min() >= 0
+
+    scores = rng.standard_normal((30, 10)).astype(np.float32)
+    ids = np.stack([rng.permutation(50)[:10] for _ in range(30)])
+    exclude = ids[:, :, None] == gold.ids[:, None, :]
+    exclude = exclude.any(-1)
+    pick = dict(recipe=mining.Recipe("model"), num_negatives=4, key=key)
+    t_all, q_all = negatives_lib.pick_from_shortlist(scores, ids, exclude, query_ids=np.arange(30), **pick)
+    t_part, q_part = negatives_lib.pick_from_shortlist(scores[12:25], ids[12:25], exclude[12:25],
+                                                       query_ids=np.arange(12, 25), **pick)  # fmt: skip
+    np.testing.assert_array_equal(t_part, t_all[12:25])
+    np.testing.assert_array_equal(q_part, q_all[12:25])
+
+
+def test_fill_uniform_is_uniform_and_excludes_chosen_ids():
+    """One row drawn 4000 times with different keys: each allowed id equally likely (chi-square), excluded never."""
+    gold = negatives_lib.GoldSets.from_lists([[0, 7]] * 4000)
+    table = np.full((4000, 4), -1, np.int64)
+    table[:, 0] = 3  # a chosen hard negative
+    filled, n = negatives_lib.fill_uniform(table, gold, 20, key=jax.random.key(0), query_ids=np.arange(4000))
+    assert n == 4000 * 3
+    counts = np.bincount(filled[:, 1:].ravel(), minlength=20)
+    assert counts[0] == counts[7] == counts[3] == 0
+    assert stats.chisquare(np.delete(counts, [0, 3, 7])).pvalue > 1e-3
+    assert all(len(set(r.tolist())) == 4 for r in filled)
+    # every position of the drawn part is uniform too (the order within a row is random)
+    assert stats.chisquare(np.delete(np.bincount(filled[:, 3], minlength=20), [0, 3, 7])).pvalue > 1e-3

@@ -5,16 +5,19 @@
 
 Modules: ``index`` (the interface, validation, checksummed save/load), ``device`` (exact / approximate search in
 JAX), ``faiss_index`` (FAISS on the host), ``multivector`` (sum-of-max documents), ``backends`` (choice by name),
-``miner`` (encoding, recipes, refresh schedule).
+``encoding`` (batched encoding, per-process shares), ``recipe`` (how negatives are chosen), ``negatives`` (picks from
+the shortlist, uniform fill-in), ``miner`` (refresh schedule, synchronous or background refreshes, state).
 """
 
-from hnjax.mining import backends, device, faiss_index, index, miner, multivector
+from hnjax.mining import backends, device, encoding, faiss_index, index, miner, multivector, negatives, recipe
 from hnjax.mining.backends import BACKENDS, default_backend, make_index
 from hnjax.mining.device import DeviceIndex
+from hnjax.mining.encoding import encode
 from hnjax.mining.faiss_index import FaissIndex
 from hnjax.mining.index import Index, exact_scores
-from hnjax.mining.miner import RECIPES, Miner, Recipe, encode
+from hnjax.mining.miner import Miner
 from hnjax.mining.multivector import MultiVectorIndex
+from hnjax.mining.recipe import RECIPES, Recipe
 
 __all__ = [
     "BACKENDS",
@@ -29,10 +32,13 @@ __all__ = [
     "default_backend",
     "device",
     "encode",
+    "encoding",
     "exact_scores",
     "faiss_index",
     "index",
     "make_index",
     "miner",
     "multivector",
+    "negatives",
+    "recipe",
 ]
