@@ -17,6 +17,10 @@ Run (from the repository root):
 
 Writes OUT/results.json (best_dev_spearman, best_step, steps, dev_curve, final STS results, corpus statistics,
 time split), OUT/metrics.jsonl, OUT/dev_spearman.png, OUT/best/ and checkpoints for --resume.
+
+Several processes (python -m hnjax.launch --num-processes 2 --devices-per-process 4 -- experiments/simcse_focal.py
+...): each process reads and tokenizes only its rows of every batch, the in-batch negatives are gathered over every
+device of every process, evaluation sentences are encoded in shares and gathered; process 0 writes the files.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hnjax import embed, export, models, simcse
+from hnjax import distributed, embed, export, models, simcse
 from hnjax import eval as ev
 from hnjax.data import sts, text, tokenize
 from hnjax.train import config as config_lib
@@ -62,6 +66,7 @@ def parse_args(argv=None):
     defaults = config_lib.TrainConfig(batch_size=64, lr=3e-5, eval_every=125, max_steps=1)
     config_lib.add_train_arguments(p, defaults)
     p.set_defaults(max_steps=None)
+    distributed.add_distributed_arguments(p)
     args = p.parse_args(argv)
     if args.out is None:
         p.error("--out is required")
@@ -87,7 +92,9 @@ def plot_curve(curve: list[dict], path: str, title: str) -> None:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    distributed.initialize_from_args(args)
+    distributed.configure_logging()
+    writer = distributed.is_main_process()
     out = pathlib.Path(args.out)
     corpus = text.LineCorpus(args.corpus)
     if args.max_steps is None:
@@ -117,9 +124,11 @@ def main(argv=None) -> dict:
         best.update(json.loads((best_path / BEST_INFO).read_text()))
 
     def dev_spearman(encoder_params) -> float:
-        embed_fn = lambda s: embed.encode_sentences(  # noqa: E731
-            encoder, encoder_params, tokenizer, s, batch_size=args.eval_batch_size, max_length=EVAL_MAX_LENGTH,
-            encode_fn=dev_encode, progress=False,
+        embed_fn = lambda s: distributed.map_shards(  # noqa: E731  (each process encodes a share)
+            lambda share: embed.encode_sentences(
+                encoder, encoder_params, tokenizer, share, batch_size=args.eval_batch_size,
+                max_length=EVAL_MAX_LENGTH, encode_fn=dev_encode, progress=False,
+            ), s,
         )  # fmt: skip
         return ev.evaluate_sts(embed_fn, dev_sets, geometry=False)["STSBenchmark-dev"]["spearman"]
 
@@ -127,16 +136,18 @@ def main(argv=None) -> dict:
         value = dev_spearman(p["encoder"])
         if value > best["stsb_dev_spearman"]:
             best.update(stsb_dev_spearman=value, step=step)
-            export.export_simcse(best_path, net, p, tokenizer_from=model_dir, max_seq_length=EVAL_MAX_LENGTH)
-            (best_path / BEST_INFO).write_text(json.dumps({**best, "pooling": args.pooling}))
+            if writer:
+                export.export_simcse(best_path, net, p, tokenizer_from=model_dir, max_seq_length=EVAL_MAX_LENGTH)
+                (best_path / BEST_INFO).write_text(json.dumps({**best, "pooling": args.pooling}))
         return {"stsb_dev_spearman": value}
 
     extra = {k: getattr(args, k) for k in ("corpus", "loss", "model", "pooling", "temperature", "margin",
                                            "max_length", "dtype")}  # fmt: skip
     if args.start_eval and not args.resume:  # evaluate the starting point too, so the curve starts at step 0
-        os.makedirs(out, exist_ok=True)
         start = {"step": 0, "stsb_dev_spearman": dev_spearman(encoder_params)}
-        (out / "dev_start.json").write_text(json.dumps(start))
+        if writer:
+            os.makedirs(out, exist_ok=True)
+            (out / "dev_start.json").write_text(json.dumps(start))
     result = loop.fit(config, params=params, loss_fn=net.loss_fn, batch_fn=batch_fn, num_examples=len(corpus),
                       eval_fn=eval_fn, extra_config=extra)  # fmt: skip
     print(result.format_time_split())
@@ -145,11 +156,13 @@ def main(argv=None) -> dict:
     final_sets = sts.load_sts_sets(args.sts_dev)
     if args.sts_data:
         final_sets.update(sts.load_sts_sets(args.sts_data))
+    distributed.barrier("simcse-best-written")  # process 0 wrote OUT/best
     best_model, best_params = models.from_pretrained(best_path)
     final = ev.evaluate_sts(
-        lambda s: embed.encode_sentences(best_model, best_params, tokenizer, s, pooling=args.pooling,
-                                         batch_size=args.eval_batch_size, max_length=EVAL_MAX_LENGTH,
-                                         progress=False),
+        lambda s: distributed.map_shards(
+            lambda share: embed.encode_sentences(best_model, best_params, tokenizer, share, pooling=args.pooling,
+                                                 batch_size=args.eval_batch_size, max_length=EVAL_MAX_LENGTH,
+                                                 progress=False), s),
         final_sets,
     )  # fmt: skip
     curve_path = out / "dev_start.json"
@@ -170,8 +183,9 @@ def main(argv=None) -> dict:
         "config": {**config.to_dict(), **extra},
         "devices": jax.device_count(),
     }
-    metrics.write_results(out, results)
-    plot_curve(curve, str(out / "dev_spearman.png"), f"{args.loss}, seed {args.seed}")
+    if writer:
+        metrics.write_results(out, results)
+        plot_curve(curve, str(out / "dev_spearman.png"), f"{args.loss}, seed {args.seed}")
     logger.info("best STS-B dev Spearman %.2f at step %s; results in %s", best["stsb_dev_spearman"], best["step"], out)
     return results
 

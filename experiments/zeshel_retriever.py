@@ -20,6 +20,10 @@ Writes OUT/results.json ({"val": {"recall@1": ..}, "test": {..}, ...}), OUT/metr
 (lines {"mention_id", "world", "candidates": [document_id, ...], "scores": [...]}), checkpoints for --resume, and with
 --export OUT/export (each tower a sentence-transformers folder + hnjax_retriever.json; docs/models.md).
 
+Several processes (one per host; or locally: python -m hnjax.launch --num-processes 2 --devices-per-process 4 -- \
+experiments/zeshel_retriever.py ... --parallel shard_map): each process feeds its rows of every batch, mines for its
+share of the mentions against the whole entity pool, and evaluates its share of each world; process 0 writes the files.
+
 Mining POLY: the mention's m codes against the entity's [CLS] vector is not an inner-product search; the Miner
 shortlists by ⟨Σ_i code_i, entity⟩ and takes the top of that shortlist (documented approximation).
 """
@@ -38,8 +42,8 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
+from hnjax import distributed, export, mining, models, retriever
 from hnjax import eval as ev
-from hnjax import export, mining, models, retriever
 from hnjax.data import tokenize, zeshel
 from hnjax.train import config as config_lib
 from hnjax.train import loop, metrics
@@ -76,6 +80,7 @@ def parse_args(argv=None):
     config_lib.add_train_arguments(p, defaults)
     p.add_argument("--epochs", type=float, default=4.0, help="epochs when --max-steps is not given (default 4)")
     p.set_defaults(max_steps=None)
+    distributed.add_distributed_arguments(p)
     args = p.parse_args(argv)
     if args.out is None:
         p.error("--out is required")
@@ -90,7 +95,8 @@ def encode_in_batches(fn, params, ids, mask, batch_size, desc):
     """Runs a jitted ``fn(params, ids, mask) -> (vectors [b, n, D], mask [b, n])`` over [N, L] arrays (last batch
     padded to full size: one compilation)."""
     vecs, masks = [], []
-    for start in tqdm.trange(0, len(ids), batch_size, desc=desc, leave=False):
+    hide = not distributed.is_main_process()
+    for start in tqdm.trange(0, len(ids), batch_size, desc=desc, leave=False, disable=hide):
         take = np.minimum(np.arange(start, start + batch_size), len(ids) - 1)
         v, m = fn(params, ids[take], mask[take])
         n = min(batch_size, len(ids) - start)
@@ -101,7 +107,8 @@ def encode_in_batches(fn, params, ids, mask, batch_size, desc):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    distributed.initialize_from_args(args)
+    distributed.configure_logging()
     out = pathlib.Path(args.out)
     data = zeshel.load_zeshel(args.data)
     if "train" not in data.mentions or not data.mentions["train"]:
@@ -169,12 +176,15 @@ def main(argv=None) -> dict:
                       miner=miner, extra_config=extra)  # fmt: skip
     print(result.format_time_split())
     trained = jax.device_put(result.state.params)
-    if args.export:
+    if args.export and distributed.is_main_process():
         export.export_retriever(out / "export", ret, trained, tokenizer_from=model_dir, max_length=length)
 
-    # Evaluation: every mention against its own world's entities, exact retriever scores.
+    # Evaluation: every mention against its own world's entities, exact retriever scores. Each process encodes its
+    # share of a world's entities (gathered) and ranks its share of the world's mentions (gathered on process 0).
     results: dict = {}
-    (out / "candidates").mkdir(parents=True, exist_ok=True)
+    writer = distributed.is_main_process()
+    if writer:
+        (out / "candidates").mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     for split in dict.fromkeys(args.eval_splits + args.candidate_splits):
         mentions = data.mentions.get(split, [])
@@ -182,27 +192,36 @@ def main(argv=None) -> dict:
             if split in args.eval_splits:
                 logger.warning("split %s has no mentions in %s; not evaluated", split, args.data)
             continue
-        ranked, gold_ids, lines = [], [], []
+        lines = []
         for world in dict.fromkeys(m.world for m in mentions):
             ms = [m for m in mentions if m.world == world]
             ents = list(data.documents[world].values())
-            ei, em = zeshel.pad_ids(zeshel.entity_input_ids(tokenizer, ents, max_length=length), length=length)
-            mi, mm = zeshel.pad_ids(zeshel.mention_input_ids(tokenizer, data, ms, max_length=length), length=length)
+            own = distributed.shard_range(len(ents))
+            ents_own = [ents[i] for i in own] or ents[:1]  # an empty share still encodes one entity for the shapes
+            ei, em = zeshel.pad_ids(zeshel.entity_input_ids(tokenizer, ents_own, max_length=length), length=length)
             d, dm = encode_in_batches(encode_entities, trained, ei, em, args.eval_batch_size, f"{split}/{world}")
-            q, qm = encode_in_batches(encode_mentions, trained, mi, mm, args.eval_batch_size, f"{split}/{world}")
-            scores, idx = retriever.top_k(ret, jnp.asarray(q), jnp.asarray(qm), jnp.asarray(d), jnp.asarray(dm),
-                                          max(RECALL_KS))  # fmt: skip
+            d, dm = distributed.allgather_rows((d[: len(own)], dm[: len(own)]))
             doc_ids = np.array([e.document_id for e in ents])
-            for m, row, srow in zip(ms, idx, scores):
-                lines.append({"mention_id": m.mention_id, "world": world, "candidates": doc_ids[row].tolist(),
-                              "scores": [round(float(x), 5) for x in srow]})  # fmt: skip
-                ranked.append(doc_ids[row].tolist())
-                gold_ids.append(m.label_document_id)
-        if split in args.candidate_splits:
+            ms_own = [ms[i] for i in distributed.shard_range(len(ms))]
+            world_lines = []
+            if ms_own:
+                mi, mm = zeshel.pad_ids(zeshel.mention_input_ids(tokenizer, data, ms_own, max_length=length),
+                                        length=length)  # fmt: skip
+                q, qm = encode_in_batches(encode_mentions, trained, mi, mm, args.eval_batch_size, f"{split}/{world}")
+                scores, idx = retriever.top_k(ret, jnp.asarray(q), jnp.asarray(qm), jnp.asarray(d), jnp.asarray(dm),
+                                              max(RECALL_KS))  # fmt: skip
+                for m, row, srow in zip(ms_own, idx, scores):
+                    world_lines.append({"mention_id": m.mention_id, "world": world, "gold": m.label_document_id,
+                                        "candidates": doc_ids[row].tolist(),
+                                        "scores": [round(float(x), 5) for x in srow]})  # fmt: skip
+            lines += [line for part in distributed.allgather_objects(world_lines) for line in part]
+        gold_ids = [line.pop("gold") for line in lines]
+        if split in args.candidate_splits and writer:
             with open(out / "candidates" / f"{split}.jsonl", "w") as f:
                 f.writelines(json.dumps(line) + "\n" for line in lines)
         if split in args.eval_splits:
             width = max(RECALL_KS)  # a world with fewer entities pads its lists with "" (never a gold id)
+            ranked = [line["candidates"] for line in lines]
             table = np.array([r + [""] * (width - len(r)) for r in ranked], dtype=object)
             recall = ev.recall_at_k(table, np.array(gold_ids, dtype=object), RECALL_KS)
             results[split] = {**recall, "mentions": len(ranked)}
@@ -212,7 +231,8 @@ def main(argv=None) -> dict:
         seed=args.seed, **metrics.run_summary(out, result.time_split), eval_s=time.perf_counter() - started,
         config={**config.to_dict(), **extra},
     )  # fmt: skip
-    metrics.write_results(out, results)
+    if writer:
+        metrics.write_results(out, results)
     return results
 
 

@@ -15,14 +15,18 @@ This module is the thin host-side layer a training script needs on top of that:
   is started, and the script runs exactly as before.
 * :func:`shard_range`: this process's contiguous share of N items (corpus encoding, evaluation);
   :func:`allgather_rows` / :func:`allgather_objects`: concatenate every process's share, in process order, on every
-  process (a device all-gather through the runtime, so all processes must call it at the same point).
+  process (a device all-gather through the runtime, so all processes must call it at the same point);
+  :func:`map_shards`: both at once, for "encode these sentences" work split across processes.
 * :func:`is_main_process`: files, plots and logs of results are written by process 0 only.
 * :class:`ProcessLogFilter` / :func:`configure_logging`: every log line names its process (``[p1/4]``).
 * Failure: the coordinator declares a process lost when it misses heartbeats for ``--heartbeat-timeout`` seconds and
   every other process then stops with an error naming it (``The following tasks are unhealthy (stopped sending
-  heartbeats): 1``). An uncaught exception in one process ends that process at once (``os._exit``), after printing
-  its traceback, instead of waiting at JAX's shutdown barrier for processes that are themselves waiting for it in a
-  collective; its heartbeats stop and the others follow within the heartbeat timeout. No process hangs.
+  heartbeats): 1``). An uncaught exception in one process ends that process (``os._exit``), after printing its
+  traceback, instead of waiting at JAX's shutdown barrier for processes that are themselves waiting for it in a
+  collective; its heartbeats stop and the others follow within the heartbeat timeout. A process whose collective
+  fails because a peer vanished (gloo: "Connection closed by peer") waits up to the heartbeat timeout for the
+  coordinator to name the lost process, then exits. No process hangs on a lost process. (A process that is alive but
+  never enters a collective is not lost and hangs the others, jax-ml/jax#38503; none of our loops does that.)
 
 References:
   JAX multi-process guide, https://docs.jax.dev/en/latest/multi_process.html (``jax.distributed.initialize``,
@@ -33,11 +37,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import logging
 import os
 import pickle
 import sys
+import time
 import traceback
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -189,7 +196,7 @@ def initialize(config: DistributedConfig) -> None:
     if config.coordinator_address is not None:
         kwargs["coordinator_address"] = config.coordinator_address
     jax.distributed.initialize(**kwargs)
-    sys.excepthook = _exit_on_uncaught
+    sys.excepthook = functools.partial(_exit_on_uncaught, wait_s=config.heartbeat_timeout + 10)
     logger.info(
         "distributed JAX: process %d of %d, %d local of %d devices",
         jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count(),
@@ -203,10 +210,20 @@ def initialize_from_args(args: argparse.Namespace) -> DistributedConfig:
     return config
 
 
-def _exit_on_uncaught(exc_type, exc, tb) -> None:
-    """Print the traceback, naming the process, and leave without JAX's shutdown barrier (see module docstring)."""
+def _exit_on_uncaught(exc_type, exc, tb, *, wait_s: float) -> None:
+    """Print the traceback, naming the process, and leave without JAX's shutdown barrier (see module docstring).
+
+    A failed collective (``JaxRuntimeError``, e.g. gloo's "Connection closed by peer") usually means that another
+    process was lost; its error does not say which. This process then waits up to ``wait_s`` seconds (the heartbeat
+    timeout and a margin) so that the coordinator can report the lost process by its index (JAX then ends this process
+    with that message) before it exits.
+    """
     sys.stderr.write(f"process {jax.process_index()} of {jax.process_count()} failed:\n")
     traceback.print_exception(exc_type, exc, tb)
+    if issubclass(exc_type, jax.errors.JaxRuntimeError):
+        sys.stderr.write(f"waiting up to {wait_s:.0f} s for the distributed runtime to name a lost process\n")
+        sys.stderr.flush()
+        time.sleep(wait_s)
     for handler in logging.getLogger().handlers:
         handler.flush()
     sys.stdout.flush()
@@ -273,13 +290,29 @@ def allgather_rows(tree: Any) -> Any:
     return jax.tree.unflatten(treedef, out)
 
 
+def map_shards(fn: Callable[[Sequence], Any], items: Sequence) -> Any:
+    """``fn(items)`` with the work shared across processes: each process calls ``fn`` on its share of ``items``
+    (:func:`shard_range`) and the rows of the results are concatenated on every process (:func:`allgather_rows`).
+
+    ``fn`` maps a sequence of n items to a pytree of arrays with n rows (e.g. sentences to embeddings ``[n, D]``). A
+    process with an empty share calls it on one item and keeps no row, so every process knows the trailing shapes.
+    With one process this is ``fn(items)``.
+    """
+    if jax.process_count() == 1:
+        return fn(items)
+    own = shard_range(len(items))
+    local = fn(items[own.start : own.stop] if len(own) else items[:1])
+    return allgather_rows(jax.tree.map(lambda x: np.asarray(x)[: len(own)], local))
+
+
 def allgather_objects(obj: Any) -> list[Any]:
     """Every process's picklable ``obj``, as a list in process order, on every process (``[obj]`` with one)."""
     if jax.process_count() == 1:
         return [obj]
     data = np.frombuffer(pickle.dumps(obj), np.uint8)
     counts = np.asarray(multihost_utils.process_allgather(np.int64(data.size)))
-    padded = np.zeros((int(counts.max()),), np.uint8)
+    width = 1 << max(int(counts.max()) - 1, 1023).bit_length()  # a power of two: few distinct compiled shapes
+    padded = np.zeros((width,), np.uint8)
     padded[: data.size] = data
     stacked = np.asarray(multihost_utils.process_allgather(padded))
     return [pickle.loads(stacked[p, : counts[p]].tobytes()) for p in range(len(counts))]  # noqa: S301 (our peers)
@@ -316,8 +349,8 @@ def configure_logging(level: int = logging.INFO) -> None:
     handler.addFilter(ProcessLogFilter())
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root = logging.getLogger()
-    for old in list(root.handlers):
-        if getattr(old, "_hnjax", False):
+    for old in list(root.handlers):  # ours from an earlier call, or a plain basicConfig handler; not pytest's
+        if getattr(old, "_hnjax", False) or type(old) is logging.StreamHandler:
             root.removeHandler(old)
     handler._hnjax = True  # replaced, not duplicated, when a script's main() runs twice in one interpreter
     root.addHandler(handler)

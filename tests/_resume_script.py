@@ -1,6 +1,9 @@
-"""Toy dual-encoder training run on generated data, used by tests/test_train.py (exact resume after SIGKILL).
+"""Toy dual-encoder training run on generated data, used by tests/test_train.py (exact resume after SIGKILL) and
+tests/test_distributed.py (several processes).
 
 Run: python tests/_resume_script.py --out /tmp/toy --max-steps 12 --checkpoint-every 3 --batch-size 8 --lr 0.05
+     python -m hnjax.launch --num-processes 2 --devices-per-process 2 -- tests/_resume_script.py --out /tmp/toy2 \
+         --parallel shard_map --max-steps 12
 """
 
 import argparse
@@ -10,7 +13,9 @@ import signal
 import sys
 
 import _train_toy as toy
+import jax
 
+from hnjax import distributed
 from hnjax.train import config as config_lib
 from hnjax.train import loop
 
@@ -24,7 +29,11 @@ def main(argv=None):
     parser.add_argument("--refresh-every", type=int, default=4, help="miner refresh period in steps")
     parser.add_argument("--no-eval", action="store_true", help="skip the recall evaluation")
     parser.add_argument("--kill-at-step", type=int, default=0, help="test only: SIGKILL this process after step N")
+    parser.add_argument("--kill-process", type=int, default=None, help="test only: the process --kill-at-step kills")
+    parser.add_argument("--fail-at-step", type=int, default=0, help="test only: raise an error after step N")
+    distributed.add_distributed_arguments(parser)
     args = parser.parse_args(argv)
+    distributed.initialize_from_args(args)
     config = config_lib.config_from_args(args)
     queries, docs = toy.make_data(n_docs=args.n_docs, noise=args.noise)
     miner = None
@@ -35,8 +44,10 @@ def main(argv=None):
         print("initial eval:", toy.recall_at(toy.init_params(), queries, docs))
 
     def kill(step, record):
-        if step == args.kill_at_step:
+        if step == args.kill_at_step and args.kill_process in (None, jax.process_index()):
             os.kill(os.getpid(), signal.SIGKILL)
+        if step == args.fail_at_step and args.kill_process in (None, jax.process_index()):
+            raise RuntimeError(f"test failure at step {step}")
 
     result = loop.fit(
         config,
@@ -46,7 +57,7 @@ def main(argv=None):
         num_examples=len(queries),
         miner=miner,
         eval_fn=None if args.no_eval else (lambda params, step: toy.recall_at(params, queries, docs)),
-        callbacks=[kill] if args.kill_at_step else [],
+        callbacks=[kill] if args.kill_at_step or args.fail_at_step else [],
         extra_config={
             "n_docs": args.n_docs,
             "noise": args.noise,

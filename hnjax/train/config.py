@@ -12,6 +12,8 @@ import json
 import os
 from typing import Any
 
+import jax
+
 from hnjax import parallel
 from hnjax.train import state as state_lib
 
@@ -250,8 +252,12 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
 
     The parallel mode is exactly what the flags say (default ``none``, one device, whatever ``XLA_FLAGS`` makes
     visible), so a run's numbers do not depend on the machine; pass ``--parallel shard_map`` to use every device.
-    Invalid or inconsistent values raise ``ValueError`` naming the setting.
+    In a run over several processes (``hnjax.distributed``) one device is not an option, and ``none`` becomes
+    ``shard_map`` over every device of every process. Invalid or inconsistent values raise ``ValueError`` naming the
+    setting.
     """
     values = {name: getattr(args, name) for name in _ARG_FIELDS if hasattr(args, name)}
+    if jax.process_count() > 1 and values.get("parallel", "none") == "none":
+        values["parallel"] = "shard_map"
     values.update(overrides)
     return TrainConfig.from_dict(values)
