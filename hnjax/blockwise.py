@@ -151,53 +151,61 @@ def _varying(x: jax.Array, axes: frozenset) -> jax.Array:
     return jax.lax.pcast(x, missing, to="varying") if missing else x
 
 
-def _tile_logits(score_fn, logit_fn, qb, db, pos_b, col0, n_cols):
-    """Logits of one [row block, column block] tile; padded columns are -inf."""
+def _tile_logits(score_fn, logit_fn, qb, db, rows_b, cols_b, col0, n_cols):
+    """Logits of one [row block, column block] tile; padded and masked columns are -inf.
+
+    ``rows_b = (positive, id)`` per row and ``cols_b = (id, keep)`` per column: column j is dropped from row i's softmax
+    when ``keep_j`` is False or ``id_j == id_i``, unless j is row i's positive.
+    """
+    pos_b, row_ids = rows_b
+    col_ids, col_keep = cols_b
     scores = score_fn(qb, db).astype(jnp.float32)  # [Rb, Cb]
     cols = col0 + jnp.arange(scores.shape[1])
     is_pos = cols[None, :] == pos_b[:, None]  # [Rb, Cb]
     logits = logit_fn(scores, is_pos).astype(jnp.float32)
-    return jnp.where((cols < n_cols)[None, :], logits, -jnp.inf), is_pos
+    keep = (col_keep[None, :] & (col_ids[None, :] != row_ids[:, None])) | is_pos  # [Rb, Cb]
+    return jnp.where(keep & (cols < n_cols)[None, :], logits, -jnp.inf), is_pos
 
 
-def _forward(score_fn, logit_fn, row_block, col_block, q, d, positives):
+def _forward(score_fn, logit_fn, row_block, col_block, q, d, rows, cols):
     """Per-row loss and log-sum-exp; scans row blocks (outer) and column blocks (inner)."""
     n_rows, n_cols = _leading(q), _leading(d)
     qs = _pad_blocks(q, row_block)
     ds = _pad_blocks(d, col_block)
-    ps = _pad_blocks(jnp.asarray(positives, jnp.int32), row_block)
+    rs = _pad_blocks(rows, row_block)
+    cs = _pad_blocks(cols, col_block)
     n_col_blocks = -(-n_cols // col_block)
     col_starts = jnp.arange(n_col_blocks) * col_block
-    axes = _vma(q, d, positives)
+    axes = _vma(q, d, rows, cols)
 
     def row_step(_, row_xs):
-        qb, pos_b = row_xs
+        qb, rows_b = row_xs
 
         def col_step(carry, col_xs):
             lse, pos_logit = carry
-            db, col0 = col_xs
-            logits, is_pos = _tile_logits(score_fn, logit_fn, qb, db, pos_b, col0, n_cols)
+            db, cols_b, col0 = col_xs
+            logits, is_pos = _tile_logits(score_fn, logit_fn, qb, db, rows_b, cols_b, col0, n_cols)
             lse = jnp.logaddexp(lse, jax.nn.logsumexp(logits, axis=1))
             pos_logit = pos_logit + jnp.sum(jnp.where(is_pos, logits, 0.0), axis=1)
             return (lse, pos_logit), None
 
         init = (jnp.full((row_block,), -jnp.inf, jnp.float32), jnp.zeros((row_block,), jnp.float32))
         init = tuple(_varying(x, axes) for x in init)
-        (lse, pos_logit), _ = jax.lax.scan(col_step, init, (ds, col_starts))
+        (lse, pos_logit), _ = jax.lax.scan(col_step, init, (ds, cs, col_starts))
         return None, (lse - pos_logit, lse)
 
-    _, (loss, lse) = jax.lax.scan(row_step, None, (qs, ps))
+    _, (loss, lse) = jax.lax.scan(row_step, None, (qs, rs))
     return loss.reshape(-1)[:n_rows], lse.reshape(-1)[:n_rows]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
-def _inbatch_ce(score_fn, logit_fn, row_block, col_block, q, d, positives):
-    return _forward(score_fn, logit_fn, row_block, col_block, q, d, positives)[0]
+def _inbatch_ce(score_fn, logit_fn, row_block, col_block, q, d, rows, cols):
+    return _forward(score_fn, logit_fn, row_block, col_block, q, d, rows, cols)[0]
 
 
-def _inbatch_ce_fwd(score_fn, logit_fn, row_block, col_block, q, d, positives):
-    loss, lse = _forward(score_fn, logit_fn, row_block, col_block, q, d, positives)
-    return loss, (q, d, positives, lse)
+def _inbatch_ce_fwd(score_fn, logit_fn, row_block, col_block, q, d, rows, cols):
+    loss, lse = _forward(score_fn, logit_fn, row_block, col_block, q, d, rows, cols)
+    return loss, (q, d, rows, cols, lse)
 
 
 def _zero_cotangent(x):
@@ -207,28 +215,29 @@ def _zero_cotangent(x):
 
 
 def _inbatch_ce_bwd(score_fn, logit_fn, row_block, col_block, res, g):
-    q, d, positives, lse = res
+    q, d, rows, cols, lse = res
     n_rows, n_cols = _leading(q), _leading(d)
     q_diff, q_other, q_spec = _split(_pad_blocks(q, row_block))
     d_diff, d_other, d_spec = _split(_pad_blocks(d, col_block))
-    ps = _pad_blocks(jnp.asarray(positives, jnp.int32), row_block)
+    rs = _pad_blocks(rows, row_block)
+    cs = _pad_blocks(cols, col_block)
     lses = _pad_blocks(lse, row_block)
     gs = _pad_blocks(g.astype(jnp.float32), row_block)  # padded rows get a zero cotangent
     col_starts = jnp.arange(-(-n_cols // col_block)) * col_block
-    axes = _vma(q, d, positives, lse, g)
+    axes = _vma(q, d, rows, cols, lse, g)
 
     def zeros_block(leaves):  # float32 accumulators shaped like one block of each leaf
         return [_varying(jnp.zeros(x.shape[1:], jnp.float32), axes) for x in leaves]
 
     def row_step(dd_acc, row_xs):
-        qb_diff, qb_other, pos_b, lse_b, g_b = row_xs
+        qb_diff, qb_other, rows_b, lse_b, g_b = row_xs
 
         def col_step(dq_acc, col_xs):
-            db_diff, db_other, col0 = col_xs
+            db_diff, db_other, cols_b, col0 = col_xs
 
             def tile(qd, dd):
                 qb, db = _merge(qd, qb_other, q_spec), _merge(dd, db_other, d_spec)
-                return _tile_logits(score_fn, logit_fn, qb, db, pos_b, col0, n_cols)
+                return _tile_logits(score_fn, logit_fn, qb, db, rows_b, cols_b, col0, n_cols)
 
             logits, vjp, is_pos = jax.vjp(tile, qb_diff, db_diff, has_aux=True)
             # d loss_i / d logit_ij = softmax_ij − [j = p_i]; padded (-inf) columns give exactly 0.
@@ -237,11 +246,11 @@ def _inbatch_ce_bwd(score_fn, logit_fn, row_block, col_block, res, g):
             dq_acc = [a + t.astype(jnp.float32) for a, t in zip(dq_acc, dq_tile)]
             return dq_acc, [t.astype(jnp.float32) for t in dd_tile]
 
-        dq_b, dd_tiles = jax.lax.scan(col_step, zeros_block(q_diff), (d_diff, d_other, col_starts))
+        dq_b, dd_tiles = jax.lax.scan(col_step, zeros_block(q_diff), (d_diff, d_other, cs, col_starts))
         return [a + t for a, t in zip(dd_acc, dd_tiles)], dq_b
 
     dd_init = [_varying(jnp.zeros(x.shape, jnp.float32), axes) for x in d_diff]
-    dd_blocks, dq_blocks = jax.lax.scan(row_step, dd_init, (q_diff, q_other, ps, lses, gs))
+    dd_blocks, dq_blocks = jax.lax.scan(row_step, dd_init, (q_diff, q_other, rs, lses, gs))
 
     def unpad(blocks, originals, n):
         return [b.reshape((-1,) + b.shape[2:])[:n].astype(o.dtype) for b, o in zip(blocks, originals)]
@@ -250,10 +259,9 @@ def _inbatch_ce_bwd(score_fn, logit_fn, row_block, col_block, res, g):
     d_diff0, d_other0, _ = _split(d)
     dq = _merge(unpad(dq_blocks, q_diff0, n_rows), [_zero_cotangent(x) for x in q_other0], q_spec)
     dd = _merge(unpad(dd_blocks, d_diff0, n_cols), [_zero_cotangent(x) for x in d_other0], d_spec)
-    return dq, dd, _zero_cotangent(jnp.asarray(positives))
+    return dq, dd, jax.tree.map(_zero_cotangent, rows), jax.tree.map(_zero_cotangent, cols)
 
 
-_inbatch_ce.defvjp(_inbatch_ce_fwd, _inbatch_ce_bwd)
 _inbatch_ce.defvjp(_inbatch_ce_fwd, _inbatch_ce_bwd)
 
 
@@ -275,13 +283,16 @@ def blockwise_inbatch_ce(
     logit_fn: LogitFn,
     *,
     positives: jax.typing.ArrayLike | None = None,
+    q_ids: jax.typing.ArrayLike | None = None,
+    d_ids: jax.typing.ArrayLike | None = None,
+    d_valid: jax.typing.ArrayLike | None = None,
     block_size: int = _DEFAULT_BLOCK,
     row_block_size: int | None = None,
 ) -> jax.Array:
     """Per-row in-batch cross-entropy, computed tile by tile without holding the [B, N] logit matrix.
 
     ℓ_bn = logit_fn(score_fn(q_b, d_n), n = p_b)
-    loss_b = logsumexp_n ℓ_bn − ℓ_{b p_b}
+    loss_b = logsumexp_{n ∈ K_b} ℓ_bn − ℓ_{b p_b},   K_b = {p_b} ∪ {n : d_valid_n and d_ids_n ≠ q_ids_b}
 
     The forward pass scans row blocks × column blocks keeping a running log-sum-exp per row; the backward pass
     (a ``jax.custom_vjp``) recomputes every tile from the inputs and the saved per-row log-sum-exp. Memory: the inputs,
@@ -298,6 +309,10 @@ def blockwise_inbatch_ce(
             ``lambda s, pos: s / 0.05``. Pure and hashable; Python-float hyperparameters only (no tracers).
         positives: [B] int column index of each row's positive in ``d``, in [0, N) (not checked on traced
             values: an index outside it silently drops the positive term); default ``arange(B)`` (needs N ≥ B).
+        q_ids, d_ids: optional [B] and [N] int example ids (both or neither): column n is left out of row b's softmax
+            when ``d_ids[n] == q_ids[b]`` (a duplicate of the anchor is not a negative), unless n is b's positive.
+        d_valid: optional [N] bool; False columns (padding) are left out of every row's softmax, except as a row's
+            own positive.
         block_size: columns per tile.
         row_block_size: rows per tile; default ``block_size``.
 
@@ -331,9 +346,22 @@ def blockwise_inbatch_ce(
     positives = jnp.asarray(positives)
     if positives.shape != (n_rows,) or not jnp.issubdtype(positives.dtype, jnp.integer):
         raise ValueError(f"positives must be an int array of shape ({n_rows},), got {positives.dtype}{positives.shape}")
+    if (q_ids is None) != (d_ids is None):
+        raise ValueError("q_ids and d_ids: expected both or neither, got only one")
+    if q_ids is None:  # no id matches: 0 for rows, 1 for columns
+        q_ids, d_ids = jnp.zeros((n_rows,), jnp.int32), jnp.ones((n_cols,), jnp.int32)
+    q_ids, d_ids = jnp.asarray(q_ids), jnp.asarray(d_ids)
+    for name, x, n in (("q_ids", q_ids, n_rows), ("d_ids", d_ids, n_cols)):
+        if x.shape != (n,) or not jnp.issubdtype(x.dtype, jnp.integer):
+            raise ValueError(f"{name}: expected an int array of shape ({n},), got {x.dtype}{x.shape}")
+    d_valid = jnp.ones((n_cols,), bool) if d_valid is None else jnp.asarray(d_valid)
+    if d_valid.shape != (n_cols,) or d_valid.dtype != jnp.bool_:
+        raise ValueError(f"d_valid: expected a bool array of shape ({n_cols},), got {d_valid.dtype}{d_valid.shape}")
     # Tiles never exceed the arrays: no compute is spent on padding when B or N is below the block size.
     row_block_size, block_size = min(row_block_size, n_rows), min(block_size, n_cols)
-    return _inbatch_ce(score_fn, logit_fn, row_block_size, block_size, q, d, positives.astype(jnp.int32))
+    rows = (positives.astype(jnp.int32), q_ids.astype(jnp.int32))
+    cols = (d_ids.astype(jnp.int32), d_valid)
+    return _inbatch_ce(score_fn, logit_fn, row_block_size, block_size, q, d, rows, cols)
 
 
 def _normalize(x: jax.Array) -> jax.Array:
@@ -368,31 +396,61 @@ def _focal_logits(scores: jax.Array, is_pos: jax.Array, *, temperature: float, m
     return jnp.where(is_pos, scores * scores, scores * (scores + margin)) / temperature
 
 
-def _gathered_ce(z1, z2, logit_fn, block_size, row_block_size, axis_name, symmetric, negatives, reduction):
-    """CE of local rows against (gathered) columns: the global-batch mean on every device, or local per-row losses."""
+def _gathered_ce(z1, z2, logit_fn, block_size, row_block_size, axis_name, symmetric, negatives, ids, valid, reduction):
+    """CE of local rows against (gathered) columns: the mean over the valid rows of the global batch on every device,
+    or the local per-row losses (padding rows 0). Masks as in ``hnjax.losses.infonce``."""
     q, d = _normalize(z1), _normalize(z2)
     n_local = q.shape[0]
     if axis_name is None:
-        offset, n_devices = 0, 1
+        offset = 0
         gather = lambda x: x
     else:
-        offset, n_devices = jax.lax.axis_index(axis_name) * n_local, jax.lax.axis_size(axis_name)
+        offset = jax.lax.axis_index(axis_name) * n_local
         gather = functools.partial(jax.lax.all_gather, axis_name=axis_name, tiled=True)
     positives = offset + jnp.arange(n_local, dtype=jnp.int32)
+    ids_all = None if ids is None else gather(ids)  # [N]
+    valid_all = None if valid is None else gather(valid)  # [N]
     directions = [(q, d), (d, q)] if symmetric else [(q, d)]
     per_row = 0.0
     for rows, cols in directions:
-        cols = gather(cols)  # [N, D], N = B × devices
+        cols, col_ids, col_valid = gather(cols), ids_all, valid_all  # [N, D], N = B × devices
         if negatives is not None:
-            cols = jnp.concatenate([cols, gather(_normalize(negatives))])  # [N + M, D]
+            neg = gather(_normalize(negatives))  # [M, D]
+            cols = jnp.concatenate([cols, neg])  # [N + M, D]
+            if col_ids is not None:  # an id no row has: extra negatives are never anyone's duplicate
+                col_ids = jnp.concatenate([col_ids, jnp.full((neg.shape[0],), jnp.min(ids_all) - 1, ids_all.dtype)])
+            if col_valid is not None:  # one negative per row: the padding rows' negatives are padding too
+                neg_valid = valid_all if negatives.shape[0] == n_local else jnp.ones((neg.shape[0],), bool)
+                col_valid = jnp.concatenate([col_valid, neg_valid])
         per_row = per_row + blockwise_inbatch_ce(
-            rows, cols, dot_scores, logit_fn, positives=positives, block_size=block_size, row_block_size=row_block_size
-        )
+            rows, cols, dot_scores, logit_fn, positives=positives, q_ids=None if ids is None else ids,
+            d_ids=col_ids, d_valid=col_valid, block_size=block_size, row_block_size=row_block_size,
+        )  # fmt: skip
     per_row = per_row / len(directions)  # [B]
+    if valid is not None:
+        per_row = jnp.where(valid, per_row, 0.0)
     if reduction == "none":
         return per_row
-    loss = jnp.sum(per_row) / (n_local * n_devices)
-    return loss if axis_name is None else jax.lax.psum(loss, axis_name)
+    total = jnp.sum(per_row)
+    count = jnp.asarray(n_local, jnp.float32) if valid is None else jnp.sum(valid.astype(jnp.float32))
+    if axis_name is not None:
+        total, count = jax.lax.psum(total, axis_name), jax.lax.psum(count, axis_name)
+    return total / jnp.maximum(count, 1.0)
+
+
+def _check_masks(ids, valid, n: int) -> tuple[jax.Array | None, jax.Array | None]:
+    """``ids`` int [B] and ``valid`` bool [B] like the rows of z1 (either may be None)."""
+    if ids is not None:
+        ids = jnp.asarray(ids)
+        if ids.shape != (n,) or not jnp.issubdtype(ids.dtype, jnp.integer):
+            raise ValueError(f"ids: expected an int array of shape [B] = ({n},) like z1, got {ids.dtype}{ids.shape}")
+    if valid is not None:
+        valid = jnp.asarray(valid)
+        if valid.shape != (n,) or valid.dtype != jnp.bool_:
+            raise ValueError(
+                f"valid: expected a bool array of shape [B] = ({n},) like z1, got {valid.dtype}{valid.shape}"
+            )
+    return ids, valid
 
 
 def _check_reduction(reduction: str) -> None:
@@ -403,16 +461,21 @@ def _check_reduction(reduction: str) -> None:
 def blockwise_infonce(
     z1: jax.typing.ArrayLike,
     z2: jax.typing.ArrayLike,
-    *,
     temperature: float = 0.05,
     symmetric: bool = False,
+    axis_name: str | None = None,
+    *,
+    negatives: jax.typing.ArrayLike | None = None,
+    ids: jax.typing.ArrayLike | None = None,
+    valid: jax.typing.ArrayLike | None = None,
+    reduction: str = "mean",
     block_size: int = _DEFAULT_BLOCK,
     row_block_size: int | None = None,
-    axis_name: str | None = None,
-    negatives: jax.typing.ArrayLike | None = None,
-    reduction: str = "mean",
 ) -> jax.Array:
     """In-batch InfoNCE over cosine similarities, blockwise (never holds the N×N matrix); equals ``losses.infonce``.
+
+    Takes the arguments of :func:`hnjax.losses.infonce` (same names, order, masks and cross-device gathering; the
+    temperature must be a Python number here), plus the tile sizes.
 
     s_ij = cos(z1_i, z2_j)
     L = −(1/N) Σ_i log softmax_j(s_ij / τ)_i        (symmetric: mean of this and the same with z1, z2 swapped)
@@ -434,7 +497,12 @@ def blockwise_infonce(
             returns the global-batch mean (N = B × devices).
         negatives: optional [M, D] extra hard negatives appended as columns (all-gathered like z2 under
             ``axis_name``); not with ``symmetric``.
-        reduction: ``"mean"`` (global-batch mean) or ``"none"`` (local per-row losses [B]).
+        ids: optional [B] int example ids (gathered like z2): an in-batch column with the anchor's id is not one of
+            its negatives (nor, if symmetric, the other way round); the ``negatives`` columns are not masked.
+        valid: optional [B] bool (local rows): False marks padding rows, which are neither anchors nor negatives;
+            with one negative per row (M = B) the padding rows' negatives are dropped too.
+        reduction: ``"mean"`` (mean over the valid rows of the global batch) or ``"none"`` (local per-row losses
+            [B], padding rows 0).
 
     Returns:
         Scalar float32 loss, or [B] per-row losses with ``reduction="none"``.
@@ -463,22 +531,29 @@ def blockwise_infonce(
             )
         if symmetric:
             raise ValueError("symmetric must be False when negatives are given (no column-wise loss), got True")
+    ids, valid = _check_masks(ids, valid, z1.shape[0])
     logit_fn = functools.partial(_infonce_logits, temperature=temperature)
-    return _gathered_ce(z1, z2, logit_fn, block_size, row_block_size, axis_name, bool(symmetric), negatives, reduction)
+    return _gathered_ce(z1, z2, logit_fn, block_size, row_block_size, axis_name, bool(symmetric), negatives, ids, valid,
+                        reduction)  # fmt: skip
 
 
 def blockwise_focal_infonce(
     z1: jax.typing.ArrayLike,
     z2: jax.typing.ArrayLike,
-    *,
     temperature: float = 0.05,
     margin: float = 0.3,
+    axis_name: str | None = None,
+    *,
+    ids: jax.typing.ArrayLike | None = None,
+    valid: jax.typing.ArrayLike | None = None,
+    reduction: str = "mean",
     block_size: int = _DEFAULT_BLOCK,
     row_block_size: int | None = None,
-    axis_name: str | None = None,
-    reduction: str = "mean",
 ) -> jax.Array:
     """Focal-InfoNCE (Hou & Li 2023), blockwise; equals ``losses.focal_infonce``.
+
+    Takes the arguments of :func:`hnjax.losses.focal_infonce` (temperature and margin as Python numbers), plus the
+    tile sizes.
 
     s_ij = cos(z1_i, z2_j);  ℓ_ii = s_ii² / τ;  ℓ_ij = s_ij (s_ij + m) / τ  (j ≠ i)
     L = −(1/N) Σ_i log softmax_j(ℓ_ij)_i
@@ -491,7 +566,10 @@ def blockwise_focal_infonce(
         block_size: columns per tile.
         row_block_size: rows per tile; default ``block_size``.
         axis_name: as in :func:`blockwise_infonce` (z2 gathered; global-batch mean on every device).
-        reduction: ``"mean"`` (global-batch mean) or ``"none"`` (local per-row losses [B]).
+        ids: optional [B] int example ids; duplicates of an anchor are not its negatives.
+        valid: optional [B] bool; padding rows are neither anchors nor negatives.
+        reduction: ``"mean"`` (mean over the valid rows of the global batch) or ``"none"`` (local per-row losses
+            [B], padding rows 0).
 
     Returns:
         Scalar float32 loss, or [B] per-row losses with ``reduction="none"``.
@@ -510,5 +588,6 @@ def blockwise_focal_infonce(
     if isinstance(margin, bool) or not isinstance(margin, (int, float, np.floating, np.integer)):
         raise ValueError(f"margin must be a Python float, got {margin!r}")
     _check_reduction(reduction)
+    ids, valid = _check_masks(ids, valid, z1.shape[0])
     logit_fn = functools.partial(_focal_logits, temperature=temperature, margin=float(margin))
-    return _gathered_ce(z1, z2, logit_fn, block_size, row_block_size, axis_name, False, None, reduction)
+    return _gathered_ce(z1, z2, logit_fn, block_size, row_block_size, axis_name, False, None, ids, valid, reduction)

@@ -162,3 +162,86 @@ def _to_varying(x: jax.Array, axis_name: str) -> jax.Array:
     except ValueError:
         # pmap has no device-varying types (pcast is shard_map-only): its per-device VJP never inserts a reduction.
         return x
+
+
+def _zero_cotangent(x: Any) -> Any:
+    """The cotangent of a non-differentiable input: float0 zeros (integers, booleans, PRNG keys) or zeros."""
+    x_dtype = jnp.result_type(x) if not hasattr(x, "dtype") else x.dtype
+    if jnp.issubdtype(x_dtype, jnp.inexact):
+        return jnp.zeros(jnp.shape(x), x_dtype)
+    return np.zeros(np.shape(x), jax.dtypes.float0)
+
+
+def cached_loss(
+    encode_fn: EncodeFn,
+    loss_fn: LossFn,
+    params: Any,
+    batch: Any,
+    *,
+    chunk_size: int,
+    key: jax.Array | None,
+) -> jax.Array:
+    """``loss_fn(concat_c encode_fn(params, x_c, fold_in(key, c)))``, differentiated with GradCache.
+
+    The value is that of :func:`grad_cache`; the difference is the interface: this is a function of ``params``
+    with a ``jax.custom_vjp``, so ``jax.grad`` / ``jax.value_and_grad`` of any loss built on it (e.g. the loss a
+    training step differentiates, with gradient accumulation and data parallelism around it) runs the three GradCache
+    stages: the forward pass encodes every chunk without keeping activations and computes ``∂L/∂e`` on the full set of
+    embeddings; the backward pass re-encodes chunk by chunk with the same keys and pulls ``∂L/∂e_c`` back to the
+    parameters. No collective is added: inside ``shard_map(..., check_vma=False)`` or ``pmap`` the result is the same
+    per-device gradient plain differentiation gives, which the step then averages (``lax.pmean``) as usual.
+
+    Args:
+      encode_fn: ``encode_fn(params, chunk, key) -> embeddings`` (as in :func:`grad_cache`).
+      loss_fn: ``loss_fn(embeddings) -> scalar`` on the full batch of embeddings (leading axis B); it may gather across
+        devices and close over non-differentiated values (masks).
+      params: parameter pytree.
+      batch: pytree of arrays with leading axis B, divisible by ``chunk_size``.
+      chunk_size: rows per encoder chunk.
+      key: PRNG key (chunk c uses ``fold_in(key, c)``), or None for a deterministic encoder.
+
+    Returns:
+      The scalar loss; its gradient with respect to ``params`` equals that of the unchunked computation with the same
+      per-chunk keys.
+
+    Example:
+      >>> enc = lambda p, x, k: jnp.tanh(x @ p)
+      >>> p, x = jnp.ones((3, 2)), jnp.ones((8, 3))
+      >>> g = jax.grad(lambda p: cached_loss(enc, lambda e: jnp.sum(e**2), p, x, chunk_size=4, key=None))(p)
+
+    References:
+      Gao et al., arXiv:2101.06983 (GradCache).
+    """
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int | np.integer) or chunk_size < 1:
+        raise ValueError(f"chunk_size: expected a positive int, got {chunk_size!r}")
+    chunks, n_chunks = _chunked(batch, int(chunk_size))
+    keys = chunk_keys(key, n_chunks)
+
+    def embed(p, chunks, keys):
+        return _unchunk(jax.lax.map(lambda xs: encode_fn(p, xs[0], xs[1]), (chunks, keys)))
+
+    @jax.custom_vjp
+    def loss(p, chunks, keys):
+        return loss_fn(embed(p, chunks, keys))
+
+    def loss_fwd(p, chunks, keys):
+        value, emb_grad = jax.value_and_grad(loss_fn)(jax.lax.stop_gradient(embed(p, chunks, keys)))
+        return value, (p, chunks, keys, emb_grad)
+
+    def loss_bwd(residuals, g):
+        p, chunks, keys, emb_grad = residuals
+        emb_grad = jax.tree.map(lambda x: x.reshape((n_chunks, -1) + x.shape[1:]), emb_grad)
+
+        def backward_chunk(acc, xs):
+            chunk, k, e_grad = xs
+            _, vjp = jax.vjp(lambda q: encode_fn(q, chunk, k), p)
+            (grad,) = vjp(e_grad)
+            return jax.tree.map(lambda a, b: a + b.astype(a.dtype), acc, grad), None
+
+        zeros = jax.tree.map(lambda x: jnp.zeros(jnp.shape(x), jnp.result_type(x)), p)
+        grads, _ = jax.lax.scan(backward_chunk, zeros, (chunks, keys, emb_grad))
+        grads = jax.tree.map(lambda x: (g * x).astype(x.dtype), grads)
+        return grads, jax.tree.map(_zero_cotangent, chunks), jax.tree.map(_zero_cotangent, keys)
+
+    loss.defvjp(loss_fwd, loss_bwd)
+    return loss(params, chunks, keys)

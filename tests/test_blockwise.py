@@ -714,3 +714,128 @@ def test_grad_cache_invalid_arguments():
         gradcache.grad_cache(
             enc, jnp.sum, jnp.ones((2, 2)), (jnp.ones((12, 2)), jnp.ones((4, 2))), chunk_size=4, key=None
         )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One in-batch API: the blockwise losses take the dense losses' arguments, masks included
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def masked_views(seed, n, d):
+    """Views with duplicate example ids (rows i and i + n - 4 share an id) and the last 3 rows padding."""
+    z1, z2 = views(seed, n, d)
+    ids = jnp.asarray(np.arange(n) % (n - 4), jnp.int32)
+    valid = jnp.asarray(np.arange(n) < n - 3)
+    return z1, z2, ids, valid
+
+
+MASKED_PAIRS = {
+    "infonce": (losses.infonce, blockwise.blockwise_infonce, {}),
+    "symmetric": (losses.infonce, blockwise.blockwise_infonce, {"symmetric": True}),
+    "negatives": (losses.infonce, blockwise.blockwise_infonce, {"negatives": True}),
+    "focal": (losses.focal_infonce, blockwise.blockwise_focal_infonce, {}),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(MASKED_PAIRS))
+def test_masks_and_arguments_equal_the_dense_api(kind):
+    """Same positional and keyword arguments, valid and ids masks: same loss (mean and per row) and gradients."""
+    dense, blocked, extra = MASKED_PAIRS[kind]
+    z1, z2, ids, valid = masked_views(21, 19, 8)
+    neg = z1[::-1] * 0.8 + 0.3  # one hard negative per row (the padding rows' negatives are padding too)
+    kwargs = {k: v for k, v in extra.items() if k != "negatives"}
+
+    def call(fn, a, b, n, **more):
+        args = (a, b, 0.07) if fn in (losses.infonce, blockwise.blockwise_infonce) else (a, b, 0.07, 0.3)
+        if "negatives" in extra:
+            more["negatives"] = n
+        return fn(*args, ids=ids, valid=valid, **kwargs, **more)
+
+    lw, gw = jax.jit(jax.value_and_grad(lambda a, b, n: call(dense, a, b, n), argnums=(0, 1, 2)))(z1, z2, neg)
+    lb, gb = jax.jit(jax.value_and_grad(lambda a, b, n: call(blocked, a, b, n, block_size=4, row_block_size=3),
+                                        argnums=(0, 1, 2)))(z1, z2, neg)  # fmt: skip
+    assert_close(lb, lw)
+    for g, w in zip(gb, gw):
+        assert_close(g, w)
+    rows_w = call(dense, z1, z2, neg, reduction="none")
+    rows_b = call(blocked, z1, z2, neg, reduction="none", block_size=5)
+    assert_close(rows_b, rows_w)
+    assert (np.asarray(rows_b)[-3:] == 0).all()  # padding rows: 0, as in the dense loss
+    for g in gb[:2]:
+        assert np.all(np.asarray(g)[-3:] == 0)  # padding rows get no gradient
+
+
+@pytest.mark.parametrize("kind", ["infonce", "focal", "negatives"])
+def test_masks_across_devices_equal_the_global_batch(kind):
+    """8 devices, 4 rows each, ids duplicated across devices and padding on the last device: dense and blockwise
+    under shard_map equal the dense loss on the global batch (value and gradients)."""
+    dense, blocked, extra = MASKED_PAIRS[kind]
+    mesh = data_mesh()
+    z1, z2, ids, valid = masked_views(22, 8 * 4, 6)
+    neg = z2[::-1] * 0.9 + 0.2
+    args = (0.07,) if kind != "focal" else (0.07, 0.3)
+
+    def loss(fn, a, b, n, i, v, **more):
+        if "negatives" in extra:
+            more["negatives"] = n
+        return fn(a, b, *args, ids=i, valid=v, **more)
+
+    want, wgrads = jax.jit(jax.value_and_grad(functools.partial(loss, dense), argnums=(0, 1, 2)))(
+        z1, z2, neg, ids, valid
+    )
+    for fn, more in ((dense, {}), (blocked, {"block_size": 8, "row_block_size": 3})):
+        sharded = jax.shard_map(
+            lambda a, b, n, i, v, fn=fn, more=more: loss(fn, a, b, n, i, v, axis_name="data", **more),
+            mesh=mesh, in_specs=(P("data"),) * 5, out_specs=P(),
+        )  # fmt: skip
+        got, grads = jax.jit(jax.value_and_grad(sharded, argnums=(0, 1, 2)))(*on_mesh(mesh, P("data"), z1, z2, neg,
+                                                                                        ids, valid))  # fmt: skip
+        assert_close(got, want)
+        for g, w in zip(grads, wgrads):
+            assert_close(g, w)
+
+
+def test_mask_arguments_are_checked():
+    z1, z2, ids, valid = masked_views(23, 6, 4)
+    with pytest.raises(ValueError, match="valid"):
+        blockwise.blockwise_infonce(z1, z2, valid=np.ones(6, np.int32))
+    with pytest.raises(ValueError, match="ids"):
+        blockwise.blockwise_focal_infonce(z1, z2, ids=np.zeros(5, np.int32))
+    with pytest.raises(ValueError, match="q_ids and d_ids"):
+        blockwise.blockwise_inbatch_ce(z1, z2, blockwise.dot_scores, lambda s, p: s, q_ids=ids)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# GradCache as a differentiable loss (what a training step differentiates)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_cached_loss_gradient_equals_plain_differentiation_with_dropout():
+    """jax.grad of cached_loss equals jax.grad of the unchunked computation with the same chunk keys (two dropout
+    views per chunk, a masked blockwise loss), and its value is the loss."""
+    rng = np.random.default_rng(24)
+    params = {"w": jnp.asarray(rng.normal(size=(5, 6)), jnp.float32), "b": jnp.asarray(rng.normal(size=6) * 0.1)}
+    x = jnp.asarray(rng.normal(size=(12, 5)), jnp.float32)
+    valid = jnp.asarray(np.arange(12) < 10)
+    key = jax.random.key(3)
+
+    def encode(p, chunk, k):
+        h = jnp.tanh(chunk @ p["w"] + p["b"])
+        drop = lambda kk: jnp.where(jax.random.bernoulli(kk, 0.8, h.shape), h / 0.8, 0.0)
+        return drop(jax.random.fold_in(k, 0)), drop(jax.random.fold_in(k, 1))
+
+    loss_fn = lambda e: blockwise.blockwise_focal_infonce(e[0], e[1], 0.1, valid=valid, block_size=5)
+
+    def reference(p):
+        keys = gradcache.chunk_keys(key, 3)
+        views = [encode(p, x[4 * c : 4 * c + 4], keys[c]) for c in range(3)]
+        return loss_fn(tuple(jnp.concatenate(v) for v in zip(*views)))
+
+    want, wgrad = jax.jit(jax.value_and_grad(reference))(params)
+    cached = lambda p: gradcache.cached_loss(encode, loss_fn, p, x, chunk_size=4, key=key)
+    got, grad = jax.jit(jax.value_and_grad(cached))(params)
+    assert_close(got, want)
+    for name in params:
+        assert_close(grad[name], wgrad[name])
+    with pytest.raises(ValueError, match="divisible"):
+        gradcache.cached_loss(encode, loss_fn, params, x, chunk_size=5, key=key)
