@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hnjax import distributed, embed, export, models, simcse
+from hnjax import distributed, embed, export, models, parallel, simcse
 from hnjax import eval as ev
 from hnjax.data import sts, text, tokenize
 from hnjax.train import config as config_lib
@@ -60,6 +60,13 @@ def parse_args(argv=None):
     p.add_argument("--margin", type=float, default=0.3, help="m of Focal-InfoNCE (default 0.3)")
     p.add_argument("--max-length", type=int, default=32, help="tokens per sentence (default 32)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="encoder compute dtype")
+    p.add_argument("--loss-impl", choices=simcse.LOSS_IMPLS, default="dense",
+                   help="dense: the B×B logits at once; blockwise: tiles of --block-size (same loss and gradients, "
+                   "memory linear in B)")  # fmt: skip
+    p.add_argument("--block-size", type=int, default=1024, help="rows and columns per tile of the blockwise loss")
+    p.add_argument("--grad-cache-chunk", type=int, default=None,
+                   help="GradCache: encode C sentences at a time per device (both views), backpropagate chunk by "
+                   "chunk; the rows per device must divide by C (default: plain backpropagation)")  # fmt: skip
     p.add_argument("--eval-batch-size", type=int, default=128, help="sentences per evaluation call")
     p.add_argument("--no-start-eval", dest="start_eval", action="store_false",
                    help="do not evaluate the starting encoder (step 0 of the dev curve)")  # fmt: skip
@@ -73,6 +80,21 @@ def parse_args(argv=None):
     if args.max_length < 4:
         p.error(f"--max-length must be >= 4, got {args.max_length}")
     return args
+
+
+def check_grad_cache_chunk(config: config_lib.TrainConfig, chunk: int | None) -> None:
+    """GradCache chunks split each device's micro-batch: its rows (the batch padded to the devices) must divide by C."""
+    if chunk is None:
+        return
+    if chunk < 1:
+        raise SystemExit(f"--grad-cache-chunk must be >= 1, got {chunk}")
+    devices = parallel.DataParallel(config.parallel, config.devices).n_devices
+    rows = parallel.padded_size(config.batch_size, devices) // devices
+    if rows % chunk:
+        raise SystemExit(
+            f"--grad-cache-chunk {chunk} does not divide the {rows} rows each of the {devices} device(s) gets from "
+            f"--batch-size {config.batch_size}; choose a batch size that is a multiple of {chunk * devices}"
+        )
 
 
 def plot_curve(curve: list[dict], path: str, title: str) -> None:
@@ -100,13 +122,15 @@ def main(argv=None) -> dict:
     if args.max_steps is None:
         args.max_steps = math.ceil(len(corpus) / (args.batch_size * args.grad_accum))  # one epoch
     config = config_lib.config_from_args(args)
+    check_grad_cache_chunk(config, args.grad_cache_chunk)
 
     model_dir = models.resolve_checkpoint(args.model)
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
     encoder, encoder_params = models.from_pretrained(model_dir, dtype=dtype)
     tokenizer = tokenize.load_tokenizer(model_dir)
     net = simcse.SimCSE(encoder, pooling=args.pooling, loss=args.loss, temperature=args.temperature,
-                        margin=args.margin)  # fmt: skip
+                        margin=args.margin, loss_impl=args.loss_impl, block_size=args.block_size,
+                        grad_cache_chunk=args.grad_cache_chunk)  # fmt: skip
     params = net.init(encoder_params, jax.random.key(args.seed))
     dev_sets = sts.load_sts_sets(args.sts_dev, names=["STSBenchmark-dev"])
     dev_encode = embed.make_encode_fn(encoder, pooling=args.pooling)
@@ -143,6 +167,8 @@ def main(argv=None) -> dict:
 
     extra = {k: getattr(args, k) for k in ("corpus", "loss", "model", "pooling", "temperature", "margin",
                                            "max_length", "dtype")}  # fmt: skip
+    if args.loss_impl != "dense" or args.grad_cache_chunk is not None:  # recorded when used (older runs resume)
+        extra.update(loss_impl=args.loss_impl, block_size=args.block_size, grad_cache_chunk=args.grad_cache_chunk)
     if args.start_eval and not args.resume:  # evaluate the starting point too, so the curve starts at step 0
         start = {"step": 0, "stsb_dev_spearman": dev_spearman(encoder_params)}
         if writer:

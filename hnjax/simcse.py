@@ -5,8 +5,17 @@ positives of each other and the other sentences' second views are the negatives 
 ``pooling="cls"`` the [CLS] state passes through an MLP head (Linear + tanh) during training only, SimCSE's
 unsupervised setting (``--pooler_type cls --mlp_only_train``), which Focal-InfoNCE (Hou & Li 2023) keeps; with
 ``pooling="mean"`` the masked mean of the token states is used directly. The loss is
-:func:`hnjax.losses.infonce` or :func:`hnjax.losses.focal_infonce`; inside ``pmap``/``shard_map`` the second views
-are all-gathered so every sentence of the global batch is a negative.
+:func:`hnjax.losses.infonce` or :func:`hnjax.losses.focal_infonce` (``loss_impl="dense"``), or their blockwise
+versions :func:`hnjax.blockwise.blockwise_infonce` / :func:`~hnjax.blockwise.blockwise_focal_infonce`
+(``loss_impl="blockwise"``: the same loss and gradients without a B×B logit matrix); inside ``pmap``/``shard_map`` the
+second views are all-gathered so every sentence of the global batch is a negative.
+
+Huge batches: with ``grad_cache_chunk=C`` the loss is :func:`hnjax.gradcache.cached_loss`: both views of every chunk
+of C sentences (per device) are encoded without keeping activations, the contrastive loss and its gradient with
+respect to the embeddings are computed on the whole batch, and each chunk is encoded again (same dropout keys) to pull
+that gradient back to the parameters. Encoder activations of one chunk are alive at a time, so with the blockwise
+loss a training step's memory grows linearly in B. Chunk c's views use ``fold_in(fold_in(key, c), v)``; without
+chunks the views use ``fold_in(key, v)``.
 
 Parameters are ``{"encoder": ..., "mlp": ...}`` (``"mlp"`` only with ``pooling="cls"``).
 """
@@ -18,11 +27,12 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from hnjax import losses
+from hnjax import blockwise, gradcache, losses
 from hnjax.models import bert, poolers
 
 LOSSES = ("infonce", "focal")
 POOLINGS = ("cls", "mean")
+LOSS_IMPLS = ("dense", "blockwise")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +45,10 @@ class SimCSE:
       loss: "infonce" or "focal".
       temperature: τ (0.05 in both papers).
       margin: m of Focal-InfoNCE (0.3).
+      loss_impl: "dense" (the [B, B·devices] logits held at once) or "blockwise" (tiles of ``block_size``).
+      block_size: rows and columns per tile of the blockwise loss.
+      grad_cache_chunk: C, sentences per encoder chunk with GradCache (``None``: plain backpropagation). The rows of
+        each device's (micro-)batch must divide by C.
     """
 
     encoder: bert.BertModel
@@ -42,6 +56,9 @@ class SimCSE:
     loss: str = "focal"
     temperature: float = 0.05
     margin: float = 0.3
+    loss_impl: str = "dense"
+    block_size: int = 1024
+    grad_cache_chunk: int | None = None
 
     def __post_init__(self):
         if self.pooling not in POOLINGS:
@@ -50,6 +67,14 @@ class SimCSE:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.loss_impl not in LOSS_IMPLS:
+            raise ValueError(f"loss_impl: expected one of {LOSS_IMPLS}, got {self.loss_impl!r}")
+        if not isinstance(self.block_size, int) or self.block_size < 1:
+            raise ValueError(f"block_size: expected an int >= 1, got {self.block_size!r}")
+        if self.grad_cache_chunk is not None and (
+            not isinstance(self.grad_cache_chunk, int) or self.grad_cache_chunk < 1
+        ):
+            raise ValueError(f"grad_cache_chunk: expected None or an int >= 1, got {self.grad_cache_chunk!r}")
 
     @property
     def head(self) -> poolers.MLPHead:
@@ -75,6 +100,23 @@ class SimCSE:
         pooled = poolers.cls(hidden, mask)  # [B, D]
         return self.head.apply({"params": params["mlp"]}, pooled) if training else pooled
 
+    def views(self, params: dict, ids: jax.Array, mask: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The two training views ``(z1, z2)`` [B, D]: dropout keys ``fold_in(key, 0)`` and ``fold_in(key, 1)``."""
+        return (self.embed(params, ids, mask, key=jax.random.fold_in(key, 0)),
+                self.embed(params, ids, mask, key=jax.random.fold_in(key, 1)))  # fmt: skip
+
+    def contrastive_loss(self, z1: jax.Array, z2: jax.Array, *, axis_name: str | None = None,
+                         valid: jax.Array | None = None) -> jax.Array:  # fmt: skip
+        """The in-batch loss of two views (``loss``, ``loss_impl``): mean over the valid rows of the global batch."""
+        if self.loss_impl == "blockwise":
+            tiles = dict(valid=valid, block_size=self.block_size)
+            if self.loss == "focal":
+                return blockwise.blockwise_focal_infonce(z1, z2, self.temperature, self.margin, axis_name, **tiles)
+            return blockwise.blockwise_infonce(z1, z2, self.temperature, axis_name=axis_name, **tiles)
+        if self.loss == "focal":
+            return losses.focal_infonce(z1, z2, self.temperature, self.margin, axis_name, valid=valid)
+        return losses.infonce(z1, z2, self.temperature, axis_name=axis_name, valid=valid)
+
     def loss_fn(self, params: dict, batch: dict, key: jax.Array, axis_name: str | None = None):
         """The training loss of one batch of sentences.
 
@@ -82,18 +124,28 @@ class SimCSE:
           params: ``{"encoder", "mlp"}``.
           batch: ``input_ids`` and ``attention_mask`` [B, L]; optional ``valid`` [B] bool (rows added to fill a
             batch, which are neither anchors nor negatives).
-          key: the step's key; the two views use ``fold_in(key, 0)`` and ``fold_in(key, 1)``.
+          key: the step's key; the two views use ``fold_in(key, 0)`` and ``fold_in(key, 1)`` (with GradCache, chunk
+            c's views use ``fold_in(fold_in(key, c), 0)`` and ``fold_in(fold_in(key, c), 1)``).
           axis_name: mapped axis to gather negatives over (data parallelism), or None.
 
         Returns:
           (loss, {}) — the mean over the valid rows of the global batch.
+
+        Raises:
+          ValueError: with ``grad_cache_chunk``, the batch rows (per device) do not divide by it.
         """
         ids, mask = batch["input_ids"], batch["attention_mask"]
-        z1 = self.embed(params, ids, mask, key=jax.random.fold_in(key, 0))  # [B, D]
-        z2 = self.embed(params, ids, mask, key=jax.random.fold_in(key, 1))  # [B, D]
         valid = batch.get("valid")
-        if self.loss == "focal":
-            value = losses.focal_infonce(z1, z2, self.temperature, self.margin, axis_name, valid=valid)
-        else:
-            value = losses.infonce(z1, z2, self.temperature, axis_name=axis_name, valid=valid)
+        if self.grad_cache_chunk is None:
+            z1, z2 = self.views(params, ids, mask, key)  # [B, D] each
+            return self.contrastive_loss(z1, z2, axis_name=axis_name, valid=valid), {}
+        if ids.shape[0] % self.grad_cache_chunk:
+            raise ValueError(
+                f"grad_cache_chunk: the {ids.shape[0]} rows of a (per-device, per-micro-batch) batch do not divide "
+                f"by {self.grad_cache_chunk}"
+            )
+        encode = lambda p, chunk, k: self.views(p, chunk["input_ids"], chunk["attention_mask"], k)  # noqa: E731
+        contrastive = lambda e: self.contrastive_loss(e[0], e[1], axis_name=axis_name, valid=valid)  # noqa: E731
+        value = gradcache.cached_loss(encode, contrastive, params, {"input_ids": ids, "attention_mask": mask},
+                                      chunk_size=self.grad_cache_chunk, key=key)  # fmt: skip
         return value, {}

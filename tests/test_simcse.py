@@ -10,6 +10,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from hnjax import simcse
@@ -142,3 +143,93 @@ def test_line_corpus(tmp_path):
     (tmp_path / "bad.txt").write_bytes(b"ok\n\xff\xfe\n")
     with pytest.raises(ValueError, match=r"bad.txt:2: not valid UTF-8"):
         text.LineCorpus(tmp_path / "bad.txt")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Huge batches: blockwise loss and GradCache give the dense path's loss and gradients
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _six_rows(batch):
+    """The fixture's 5 sentences plus one padding row (valid False): 6 rows divide into chunks of 2 and 3."""
+    from hnjax import parallel
+
+    return {k: jnp.asarray(v) for k, v in parallel.pad_batch(batch, 6).items()}
+
+
+@pytest.mark.parametrize("loss", simcse.LOSSES)
+def test_blockwise_and_grad_cache_equal_the_dense_path(tiny, loss):
+    """On a batch where everything fits (dropout off, so every path sees the same views): loss and every parameter
+    gradient of blockwise, GradCache + dense and GradCache + blockwise equal the plain dense loss (1e-5)."""
+    from numerics import assert_close, assert_trees_close
+
+    _, encoder, enc_params, batch = tiny
+    batch, key = _six_rows(batch), jax.random.key(2)
+    make = lambda **kw: simcse.SimCSE(encoder, pooling="cls", loss=loss, temperature=TAU, margin=M, **kw)
+    params = make().init(enc_params, jax.random.key(1))
+    grad = lambda net: jax.jit(jax.value_and_grad(lambda p: net.loss_fn(p, batch, key)[0]))(params)
+    want, want_grads = grad(make())
+    for kw in ({"loss_impl": "blockwise", "block_size": 4}, {"grad_cache_chunk": 2},
+               {"grad_cache_chunk": 3, "loss_impl": "blockwise", "block_size": 4}):  # fmt: skip
+        got, got_grads = grad(make(**kw))
+        assert_close(got, want, err_msg=str(kw))
+        assert_trees_close(
+            got_grads, want_grads, scale=max(float(jnp.abs(g).max()) for g in jax.tree.leaves(want_grads))
+        )
+
+
+def test_grad_cache_with_dropout_equals_plain_differentiation_of_the_same_views(tiny):
+    """Dropout on: GradCache's gradient is that of the chunked encoding with the same per-chunk keys (the cached and
+    the recomputed pass draw identical dropout masks)."""
+    from numerics import assert_close, assert_trees_close
+
+    from hnjax import gradcache
+
+    _, encoder, enc_params, batch = tiny
+    cfg = dataclasses.replace(encoder.config, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+    net = simcse.SimCSE(bert.BertModel(cfg), pooling="cls", loss="focal", temperature=TAU, margin=M,
+                        loss_impl="blockwise", block_size=4, grad_cache_chunk=2)  # fmt: skip
+    params = net.init(enc_params, jax.random.key(1))
+    batch, key = _six_rows(batch), jax.random.key(5)
+
+    def reference(p):
+        keys = gradcache.chunk_keys(key, 3)
+        views = [net.views(p, batch["input_ids"][2 * c : 2 * c + 2], batch["attention_mask"][2 * c : 2 * c + 2],
+                           keys[c]) for c in range(3)]  # fmt: skip
+        z1, z2 = (jnp.concatenate(v) for v in zip(*views))
+        return net.contrastive_loss(z1, z2, valid=batch["valid"])
+
+    want, want_grads = jax.jit(jax.value_and_grad(reference))(params)
+    got, got_grads = jax.jit(jax.value_and_grad(lambda p: net.loss_fn(p, batch, key)[0]))(params)
+    assert_close(got, want)
+    assert_trees_close(got_grads, want_grads, scale=max(float(jnp.abs(g).max()) for g in jax.tree.leaves(want_grads)))
+    with pytest.raises(ValueError, match="grad_cache_chunk"):
+        simcse.SimCSE(encoder, grad_cache_chunk=4).loss_fn(params, batch, key)
+    with pytest.raises(ValueError, match="loss_impl"):
+        simcse.SimCSE(encoder, loss_impl="ring")
+
+
+def test_grad_cache_composes_with_data_parallelism_and_accumulation(tiny):
+    """One training step on 8 devices with 2 accumulated micro-batches: GradCache + blockwise updates the parameters
+    exactly as the plain dense loss does (dropout off)."""
+    from numerics import assert_trees_close
+
+    from hnjax import parallel
+    from hnjax.train import state as state_lib
+    from hnjax.train import step as step_lib
+
+    _, encoder, enc_params, batch = tiny
+    rows = {k: np.concatenate([np.asarray(v)] * 4)[:16] for k, v in batch.items()}  # 16 rows: 8 devices × 2
+    rows["valid"] = np.arange(16) < 14
+    dp = parallel.DataParallel("shard_map", 8)
+    opt = optax.sgd(0.5)
+    results = []
+    for kw in ({}, {"loss_impl": "blockwise", "block_size": 4, "grad_cache_chunk": 1}):
+        net = simcse.SimCSE(encoder, pooling="cls", loss="focal", temperature=TAU, margin=M, **kw)
+        state = state_lib.create_train_state(net.init(enc_params, jax.random.key(1)), opt, seed=0)
+        step = dp.compile(step_lib.make_train_step(net.loss_fn, opt, grad_accum=2, axis_name=dp.axis_name))
+        state, metrics = step(dp.put_state(state), dp.put_batch(rows))
+        results.append((dp.state_to_host(state).params, dp.metrics_to_host(metrics)))
+    (want, want_m), (got, got_m) = results
+    assert abs(got_m["loss"] - want_m["loss"]) <= 1e-5 * abs(want_m["loss"])
+    assert_trees_close(got, want)
