@@ -36,11 +36,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hnjax import losses, scorers
+
 ScoreFn = Callable[[Any, Any], jax.Array]
 LogitFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 _DEFAULT_BLOCK = 1024
-_NORM_EPS = 1e-8
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -81,11 +82,7 @@ def sum_of_max_scores(q: tuple[jax.Array, jax.Array], d: tuple[jax.Array, jax.Ar
     qv, qm = q
     dv, dm = d
     sim = jnp.einsum("bid,njd->bnij", qv, dv, preferred_element_type=jnp.float32)  # [B, N, M, Lp]
-    # A finite fill keeps gradients NaN-free; the masked maximum of an all-masked document is replaced by 0 below.
-    sim = jnp.where(dm[None, :, None, :], sim, jnp.finfo(jnp.float32).min)
-    best = jnp.max(sim, axis=-1)  # [B, N, M]
-    best = jnp.where(jnp.any(dm, axis=-1)[None, :, None], best, 0.0)
-    return jnp.sum(jnp.where(qm[:, None, :], best, 0.0), axis=-1)
+    return scorers.reduce_sum_of_max(sim, qm[:, None, :], dm[None])
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -337,9 +334,8 @@ def blockwise_inbatch_ce(
 
 
 def _normalize(x: jax.Array) -> jax.Array:
-    """Unit-norm rows in float32 (cosine similarity), as ``torch.nn.functional.cosine_similarity`` up to its eps."""
-    x = x.astype(jnp.float32)
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), _NORM_EPS)
+    """Unit-norm rows in float32 (the tiles' dot products accumulate in float32 whatever the input dtype)."""
+    return scorers.l2_normalize(x.astype(jnp.float32))
 
 
 def _check_pair(z1: jax.Array, z2: jax.Array) -> None:
@@ -371,27 +367,21 @@ def _focal_logits(scores: jax.Array, is_pos: jax.Array, *, temperature: float, m
 def _gathered_ce(z1, z2, logit_fn, block_size, row_block_size, axis_name, symmetric, negatives, reduction):
     """CE of local rows against (gathered) columns: the global-batch mean on every device, or local per-row losses."""
     q, d = _normalize(z1), _normalize(z2)
-    n_local = q.shape[0]
-    if axis_name is None:
-        offset, n_devices = 0, 1
-        gather = lambda x: x
-    else:
-        offset, n_devices = jax.lax.axis_index(axis_name) * n_local, jax.lax.axis_size(axis_name)
-        gather = functools.partial(jax.lax.all_gather, axis_name=axis_name, tiled=True)
-    positives = offset + jnp.arange(n_local, dtype=jnp.int32)
     directions = [(q, d), (d, q)] if symmetric else [(q, d)]
     per_row = 0.0
     for rows, cols in directions:
-        cols = gather(cols)  # [N, D], N = B × devices
+        cols, offset = losses.gather_columns(cols, axis_name)  # [N, D], N = B × devices
+        n_global = cols.shape[0]
         if negatives is not None:
-            cols = jnp.concatenate([cols, gather(_normalize(negatives))])  # [N + M, D]
+            cols = jnp.concatenate([cols, losses.gather_columns(_normalize(negatives), axis_name)[0]])  # [N + M, D]
+        positives = offset + jnp.arange(rows.shape[0], dtype=jnp.int32)
         per_row = per_row + blockwise_inbatch_ce(
             rows, cols, dot_scores, logit_fn, positives=positives, block_size=block_size, row_block_size=row_block_size
         )
     per_row = per_row / len(directions)  # [B]
     if reduction == "none":
         return per_row
-    loss = jnp.sum(per_row) / (n_local * n_devices)
+    loss = jnp.sum(per_row) / n_global
     return loss if axis_name is None else jax.lax.psum(loss, axis_name)
 
 

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
+from hnjax import scorers
 from hnjax.data import tokenize
 from hnjax.models import poolers, st_format
 
@@ -32,9 +33,9 @@ def make_encode_fn(
 ) -> EncodeFn:
     """A jitted function `(params, input_ids, attention_mask, token_type_ids) -> vectors [B, D]`.
 
-    v_b = pool(encoder(x_b)), optionally v_b / max(‖v_b‖₂, 1e-12); computed deterministically (no dropout). With a
-    `pipeline` (e.g. `hnjax.models.load_pretrained(path).pipeline` of a sentence-transformers folder), v_b =
-    pipeline.apply(encoder(x_b)): its pooling, Dense layers and normalisation.
+    v_b = pool(encoder(x_b)), optionally v_b / max(‖v_b‖₂, 1e-8) (:func:`hnjax.scorers.l2_normalize`); computed
+    deterministically (no dropout). With a `pipeline` (e.g. `hnjax.models.load_pretrained(path).pipeline` of a
+    sentence-transformers folder), v_b = pipeline.apply(encoder(x_b)): its pooling, Dense layers and normalisation.
 
     Args:
       model: a Flax encoder with `apply({"params": params}, input_ids, attention_mask, token_type_ids=...,
@@ -59,8 +60,7 @@ def make_encode_fn(
         hidden = model.apply({"params": params}, input_ids, attention_mask, token_type_ids, deterministic=True)
         vectors = pool(hidden, attention_mask).astype(jnp.float32)  # [B, D]
         if normalize:
-            norms = jnp.linalg.norm(vectors, axis=-1, keepdims=True)
-            vectors = vectors / jnp.maximum(norms, 1e-12)
+            vectors = scorers.l2_normalize(vectors)
         return vectors
 
     return jax.jit(encode)

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from hnjax import scorers
+
 logger = logging.getLogger(__name__)
 
 # Names of the seven SentEval STS tasks averaged in SimCSE Table 5 (STS-B and SICK-R on their test splits).
@@ -129,21 +131,6 @@ def _as_2d(x: Any, name: str) -> np.ndarray:
     return x
 
 
-def l2_normalize(x: Any, *, eps: float = 1e-8) -> np.ndarray:
-    """Rows scaled to unit length: x / max(‖x‖₂, eps) (a zero row stays zero).
-
-    Args:
-      x: vectors, shape [N, D].
-      eps: floor of the norm.
-
-    Returns:
-      float64 [N, D].
-    """
-    x = _as_2d(x, "x")
-    norms = np.linalg.norm(x, axis=1, keepdims=True)  # [N, 1]
-    return x / np.maximum(norms, eps)
-
-
 def cosine_similarity(a: Any, b: Any, *, eps: float = 1e-8) -> np.ndarray:
     """Row-wise cosine similarity cos(a_i, b_i) = ⟨a_i, b_i⟩ / (max(‖a_i‖, eps) · max(‖b_i‖, eps)).
 
@@ -163,7 +150,7 @@ def cosine_similarity(a: Any, b: Any, *, eps: float = 1e-8) -> np.ndarray:
     b = _as_2d(b, "b")
     if a.shape != b.shape:
         raise ValueError(f"a and b must have the same shape [P, D], got {a.shape} and {b.shape}")
-    return np.einsum("pd,pd->p", l2_normalize(a, eps=eps), l2_normalize(b, eps=eps))
+    return np.einsum("pd,pd->p", scorers.l2_normalize(a, eps=eps), scorers.l2_normalize(b, eps=eps))
 
 
 def alignment(x: Any, y: Any, *, alpha: float = 2.0, normalize: bool = True) -> float:
@@ -195,7 +182,7 @@ def alignment(x: Any, y: Any, *, alpha: float = 2.0, normalize: bool = True) -> 
     if not alpha > 0:
         raise ValueError(f"alpha must be > 0, got {alpha}")
     if normalize:
-        x, y = l2_normalize(x), l2_normalize(y)
+        x, y = scorers.l2_normalize(x), scorers.l2_normalize(y)
     return float(np.mean(np.linalg.norm(x - y, axis=1) ** alpha))
 
 
@@ -230,7 +217,7 @@ def uniformity(x: Any, *, t: float = 2.0, normalize: bool = True, block_size: in
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
     if normalize:
-        x = l2_normalize(x)
+        x = scorers.l2_normalize(x)
     sq = np.einsum("nd,nd->n", x, x)  # [N]
     # Running log-sum-exp over the strict upper triangle, one row block at a time.
     total = -np.inf
@@ -440,7 +427,7 @@ def evaluate_sts(
     emb = np.asarray(embed_fn(sentences), dtype=np.float64)
     if emb.ndim != 2 or emb.shape[0] != len(sentences):
         raise ValueError(f"embed_fn must return [S, D] with S = {len(sentences)}, got shape {emb.shape}")
-    emb = l2_normalize(emb)
+    emb = scorers.l2_normalize(_as_2d(emb, "emb"))
 
     results: dict[str, dict[str, Any]] = {}
     for name, s in sets.items():

@@ -1,8 +1,8 @@
-"""Data parallelism: device meshes, the two data-parallel step wrappers, padding, cross-device gathers.
+"""Data parallelism: device meshes, the two data-parallel step wrappers, padding of batches to the device count.
 
 One pure per-device step function ``step(state, batch) -> (state, metrics)``, written with ``axis_name="data"``
-collectives (``lax.pmean`` of gradients, ``lax.all_gather`` of in-batch negatives), runs three ways with the same
-numbers:
+collectives (``lax.pmean`` of gradients, :func:`hnjax.losses.gather_columns` of in-batch negatives), runs three ways
+with the same numbers:
 
 * ``"none"``: ``jax.jit(step, donate_argnums=0)`` on one device (the step is built with ``axis_name=None``);
 * ``"shard_map"``: ``jax.jit(jax.shard_map(step, mesh, in_specs=(P(), P("data")), out_specs=P()))`` over a
@@ -31,7 +31,6 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -74,34 +73,6 @@ def initialize_distributed(**kwargs: Any) -> None:
     """
     jax.distributed.initialize(**kwargs)
     logger.info("distributed JAX: process %d of %d", jax.process_index(), jax.process_count())
-
-
-def all_gather(x: jax.Array, axis_name: str | None) -> jax.Array:
-    """Concatenate a per-device array along its leading axis over ``axis_name`` (identity when ``None``).
-
-    Used for in-batch negatives: each device scores its local rows against the gathered columns of every device, so
-    the global ``[B, B]`` matrix is never built on one device. The gradient flows back to every device's rows.
-
-    Args:
-      x: local array ``[B_local, ...]``.
-      axis_name: the mapped axis name (``"data"`` inside a parallel step), or ``None`` on one device.
-
-    Returns:
-      ``[B_local * n_devices, ...]``, rows of device 0 first.
-    """
-    if axis_name is None:
-        return x
-    return lax.all_gather(x, axis_name, axis=0, tiled=True)
-
-
-def shard_offset(local_size: int, axis_name: str | None) -> jax.Array | int:
-    """Global index of this device's first row in a gathered batch (``0`` on one device).
-
-    The label of local row ``i`` among gathered columns is ``shard_offset(B_local, axis) + i``.
-    """
-    if axis_name is None:
-        return 0
-    return lax.axis_index(axis_name) * local_size
 
 
 def pad_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:

@@ -44,6 +44,41 @@ MASKED_SCORE = -1e30
 ATTENTIONS = ("hard", "soft")
 DEFAULT_BLOCK_SIZE = 1024
 
+NORM_EPS = 1e-8
+"""Floor of a vector's norm in :func:`l2_normalize`: ``torch.nn.CosineSimilarity``'s eps, which SimCSE uses."""
+
+
+def l2_normalize(x: jax.typing.ArrayLike, *, eps: float = NORM_EPS) -> jax.Array | np.ndarray:
+    """Vectors scaled to unit L2 norm along the last axis: x / max(‖x‖₂, eps).
+
+    The library's one normalisation, behind every cosine similarity: the in-batch losses, mining's cosine metric,
+    sentence embeddings and the host-side metrics of :mod:`hnjax.eval`. A vector with norm below ``eps`` is divided by
+    ``eps`` (a zero vector stays zero), and the gradient is finite everywhere: computed as
+    x · rsqrt(max(Σ x², eps²)). A NumPy array is normalised on the host with NumPy and stays a NumPy array; anything
+    else goes through ``jax.numpy`` (and works under ``jit``, ``grad`` and ``vmap``).
+
+    Args:
+      x: vectors [..., D], NumPy or JAX.
+      eps: floor of the norm.
+
+    Returns:
+      [..., D] in at least float32 (bfloat16 and float16 give float32, float64 stays float64).
+
+    Example:
+      >>> l2_normalize(np.array([[3.0, 4.0], [0.0, 0.0]]))
+      array([[0.6, 0.8],
+             [0. , 0. ]])
+
+    References:
+      ``torch.nn.CosineSimilarity`` (eps 1e-8 on the norm), as used by SimCSE's ``Similarity``.
+    """
+    if isinstance(x, (np.ndarray, np.generic)):  # host arrays stay on the host (metrics, FAISS)
+        x = x.astype(np.promote_types(x.dtype, np.float32))
+        return x / np.sqrt(np.maximum(np.sum(x * x, axis=-1, keepdims=True), eps * eps))
+    x = jnp.asarray(x)
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
+
 
 def _shape_name(x: jax.Array) -> str:
     return f"shape {tuple(x.shape)}"
@@ -108,8 +143,30 @@ def _validate_pair(q, d, q_mask, d_mask, allow_empty: bool):
     return q, d, q_mask, d_mask
 
 
-def _reduce_hard(sim, qm, dm):
-    """Σ_i max_j sim over real i, j. sim [B, C, m, n]; qm [B, 1, m]; dm [B or 1, C, n] -> [B, C] (None = all real)."""
+def reduce_sum_of_max(sim: jax.Array, q_mask: jax.Array | None = None, d_mask: jax.Array | None = None) -> jax.Array:
+    """Sum over real query vectors of the max over real document vectors: Σ_{i: q_mask_i} max_{j: d_mask_j} sim_ij.
+
+    The hard-attention reduction of a similarity tile; :func:`late_interaction` and the blockwise in-batch loss
+    (:func:`hnjax.blockwise.sum_of_max_scores`) both reduce their tiles with it. A document with no real vector
+    contributes 0 (the masked maximum would be ``finfo.min``), and so does every padding query vector.
+
+    Args:
+      sim: similarities [B, C, m, n] of B queries' m vectors against C documents' n vectors.
+      q_mask: bool [B, 1, m] (or broadcastable to [B, C, m]); None means all real.
+      d_mask: bool [B or 1, C, n]; None means all real.
+
+    Returns:
+      [B, C] scores in the dtype of ``sim``.
+
+    Example:
+      >>> sim = jnp.array([[[[1.0, 3.0], [2.0, 0.0]]]])  # B = C = 1, m = n = 2
+      >>> reduce_sum_of_max(sim)  # max(1, 3) + max(2, 0)
+      Array([[5.]], dtype=float32)
+
+    References:
+      Khattab & Zaharia, "ColBERT", SIGIR 2020 (MaxSim); Zhang & Stratos, NAACL 2021 (SOM).
+    """
+    qm, dm = q_mask, d_mask
     if dm is not None:
         sim = jnp.where(dm[:, :, None, :], sim, jnp.finfo(sim.dtype).min)
     best = jnp.max(sim, axis=-1)  # [B, C, m]
@@ -130,7 +187,7 @@ def _reduce_soft(sim, qm, dm):
     return jnp.sum(per_doc_vec, axis=-1)
 
 
-_REDUCERS = {"hard": _reduce_hard, "soft": _reduce_soft}
+_REDUCERS = {"hard": reduce_sum_of_max, "soft": _reduce_soft}
 
 
 def _late_interaction_impl(q, d, q_mask, d_mask, attention: str, block_size: int):

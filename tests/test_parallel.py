@@ -7,7 +7,7 @@ import optax
 import pytest
 from jax import lax
 
-from hnjax import parallel
+from hnjax import losses, parallel
 from hnjax.train import state as state_lib
 from hnjax.train import step as step_lib
 
@@ -23,15 +23,16 @@ def inbatch_loss(params, batch, key, axis_name=None):
     """In-batch softmax CE with one explicit hard negative per query, negatives gathered over devices.
 
     Columns: every gathered positive, then every gathered hard negative; the gold of local row i is column
-    shard_offset + i. Returns the global-batch mean over valid rows (psum of sums / psum of counts).
+    offset + i (losses.gather_columns). Returns the global-batch mean over valid rows (psum of sums / psum of counts).
     """
     del key
     q, d, n = encode(params, batch["q"]), encode(params, batch["d"]), encode(params, batch["n"])
     valid = batch["valid"]
-    cols = jnp.concatenate([parallel.all_gather(d, axis_name), parallel.all_gather(n, axis_name)])  # [2 B_g, D]
-    col_valid = jnp.tile(parallel.all_gather(valid, axis_name), 2)
+    (d_all, offset), (n_all, _) = losses.gather_columns(d, axis_name), losses.gather_columns(n, axis_name)
+    cols = jnp.concatenate([d_all, n_all])  # [2 B_g, D]
+    col_valid = jnp.tile(losses.gather_columns(valid, axis_name)[0], 2)
     logits = jnp.where(col_valid[None, :], q @ cols.T / TAU, -1e9)  # [B, 2 B_g]
-    labels = parallel.shard_offset(q.shape[0], axis_name) + jnp.arange(q.shape[0])
+    labels = offset + jnp.arange(q.shape[0])
     ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1)[:, 0]
     num, den = jnp.sum(jnp.where(valid, ce, 0.0)), jnp.sum(valid.astype(jnp.float32))
     pos = jnp.sum(jnp.where(valid, jnp.sum(q * d, -1), 0.0))

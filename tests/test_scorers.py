@@ -441,3 +441,37 @@ def test_all_pairs_memory_is_bounded_by_the_block(attention):
     assert temp_bytes_of_gradient(attention, **shape, block_size=128) < full_bytes / 4
     if attention == "hard":  # control: without blocking the measurement does see the full tensor
         assert temp_bytes_of_gradient(attention, **shape, block_size=4096) >= full_bytes
+
+
+# ---------------------------------------------------------------------------------------------------- l2_normalize
+
+
+def test_l2_normalize_numpy_and_jax_match_float64_reference():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6, 5)) * rng.uniform(1e-3, 1e3, size=(6, 1))
+    x[2] = 0.0  # a zero row stays zero
+    x[4] = 1e-10  # norm below eps: divided by eps
+    norms = np.sqrt(np.sum(x * x, axis=-1, keepdims=True))
+    expected = x / np.maximum(norms, scorers.NORM_EPS)  # float64 reference
+    host = scorers.l2_normalize(x)
+    assert isinstance(host, np.ndarray) and host.dtype == np.float64
+    np.testing.assert_allclose(host, expected, rtol=1e-12, atol=1e-15)
+    x32 = x.astype(np.float32)
+    host32 = scorers.l2_normalize(x32)
+    assert isinstance(host32, np.ndarray) and host32.dtype == np.float32
+    device = jax.jit(scorers.l2_normalize)(jnp.asarray(x32))
+    assert isinstance(device, jax.Array) and device.dtype == jnp.float32
+    eps32 = np.finfo(np.float32).eps
+    for got in (host32, device):
+        np.testing.assert_allclose(np.asarray(got, np.float64), expected, rtol=8 * eps32, atol=8 * eps32)
+    assert scorers.l2_normalize(jnp.asarray(x32, jnp.bfloat16)).dtype == jnp.float32
+
+
+def test_l2_normalize_gradient_is_finite_at_zero_and_matches_analytic_form():
+    v = jnp.array([3.0, -4.0, 12.0], jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
+    g = jax.grad(lambda x: scorers.l2_normalize(x)[0])(v)
+    n = 13.0
+    expected = np.array([1 / n - 9 / n**3, 12 / n**3, -36 / n**3])  # ∂(x_0/‖x‖)/∂x = e_0/‖x‖ − x_0 x/‖x‖³
+    np.testing.assert_allclose(np.asarray(g, np.float64), expected, rtol=1e-5, atol=1e-7)
+    g0 = jax.grad(lambda x: jnp.sum(scorers.l2_normalize(x)))(jnp.zeros(3))
+    assert np.all(np.isfinite(np.asarray(g0)))

@@ -181,20 +181,15 @@ def write_synthetic_zeshel(out: str | pathlib.Path, config: SyntheticZeshelConfi
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Command line: ``python -m hnjax.data.synthetic OUT [--names-per-world N] ...``."""
+if __name__ == "__main__":  # python -m hnjax.data.synthetic OUT [--names-per-world N] ...: parse, then generate
     import argparse
 
-    p = argparse.ArgumentParser(description="Write a generated Zeshel-format dataset (see hnjax.data.synthetic).")
-    p.add_argument("out", help="output folder (documents/, mentions/)")
-    defaults = SyntheticZeshelConfig()
+    parser = argparse.ArgumentParser(description="Write a generated Zeshel-format dataset (see hnjax.data.synthetic).")
+    parser.add_argument("out", help="output folder (documents/, mentions/)")
     for field in dataclasses.fields(SyntheticZeshelConfig):
-        value = getattr(defaults, field.name)
-        p.add_argument("--" + field.name.replace("_", "-"), type=type(value), default=value, help=f"default {value}")
-    args = vars(p.parse_args(argv))
-    out = args.pop("out")
-    print(write_synthetic_zeshel(out, SyntheticZeshelConfig(**args)))
-
-
-if __name__ == "__main__":
-    main()
+        default = getattr(SyntheticZeshelConfig(), field.name)
+        parser.add_argument(
+            f"--{field.name.replace('_', '-')}", type=type(default), default=default, help=f"default {default}"
+        )
+    options = vars(parser.parse_args())
+    write_synthetic_zeshel(options.pop("out"), SyntheticZeshelConfig(**options))

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from hnjax import scorers
 from hnjax.mining import index as index_lib
 
 
@@ -109,7 +110,8 @@ class FaissIndex(index_lib.Index):
     def _prepare(self, x, name: str) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
         if self.metric == "cosine":
-            x = index_lib.l2_normalize(x, name=name)
+            index_lib.check_cosine_rows(x, name=name)
+            x = scorers.l2_normalize(x)
         return np.ascontiguousarray(x)
 
     def _build(self, vectors) -> None:

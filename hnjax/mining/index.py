@@ -43,6 +43,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hnjax import scorers
+
 logger = logging.getLogger(__name__)
 
 METRICS = ("ip", "cosine")
@@ -116,14 +118,15 @@ def _check_k(k: int) -> int:
     return int(k)
 
 
-def l2_normalize(x: np.ndarray, *, name: str) -> np.ndarray:
-    """Row-wise L2 normalisation on the host in float32; a zero row raises ValueError (cosine is undefined)."""
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    bad = np.flatnonzero(norms.reshape(-1) == 0)
+def check_cosine_rows(x, *, name: str) -> None:
+    """Raises ValueError naming ``name`` and the row when a row of ``x`` [..., D] (NumPy or JAX) is all zeros.
+
+    The cosine metric is undefined for a zero vector; :func:`hnjax.scorers.l2_normalize` would silently map it to 0.
+    """
+    zero = np.asarray(~(x != 0).any(axis=-1)).reshape(-1)
+    bad = np.flatnonzero(zero)
     if bad.size:
         raise ValueError(f"{name}: cosine metric needs non-zero vectors, row {int(bad[0])} has norm 0")
-    return x / norms
 
 
 def _map_ids(pos: np.ndarray, scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -300,6 +303,7 @@ def exact_scores(queries: np.ndarray, docs: np.ndarray, *, metric: str) -> np.nd
     q = np.asarray(queries, np.float32)
     d = np.asarray(docs, np.float32)
     if metric == "cosine":
-        q = l2_normalize(q, name="queries")
-        d = l2_normalize(d, name="docs")
+        check_cosine_rows(q, name="queries")
+        check_cosine_rows(d, name="docs")
+        q, d = scorers.l2_normalize(q), scorers.l2_normalize(d)
     return np.einsum("bd,bgd->bg", q, d).astype(np.float32)

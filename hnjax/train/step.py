@@ -7,7 +7,7 @@ batch axis and, as built by the training loop, a boolean ``"valid"`` mask that t
 
 Data parallelism (see :mod:`hnjax.parallel`): the step is built with ``axis_name="data"`` and runs inside
 ``shard_map``/``pmap``. The loss must then return the global-batch mean (gather in-batch negatives with
-``parallel.all_gather``, or compute ``psum(sum of weighted losses) / psum(sum of weights)``), or its local mean when
+``losses.gather_columns``, or compute ``psum(sum of weighted losses) / psum(sum of weights)``), or its local mean when
 every device holds the same number of valid examples. Gradients are averaged with one ``lax.pmean`` per step, after
 accumulation, which makes the result equal to the single-device gradient of the global batch.
 
