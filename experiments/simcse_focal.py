@@ -91,7 +91,7 @@ def main(argv=None) -> dict:
     out = pathlib.Path(args.out)
     corpus = text.LineCorpus(args.corpus)
     if args.max_steps is None:
-        args.max_steps = math.ceil(len(corpus) / (args.batch_size * args.grad_accum))  # one epoch
+        args.max_steps = config_lib.steps_for_epochs(1, len(corpus), args.batch_size, args.grad_accum)
     config = config_lib.config_from_args(args)
 
     model_dir = models.resolve_checkpoint(args.model)

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import pathlib
 import time
 
@@ -40,7 +39,7 @@ import tqdm
 
 from hnjax import eval as ev
 from hnjax import export, mining, models, retriever
-from hnjax.data import tokenize, zeshel
+from hnjax.data import batching, tokenize, zeshel
 from hnjax.train import config as config_lib
 from hnjax.train import loop, metrics
 
@@ -90,10 +89,8 @@ def encode_in_batches(fn, params, ids, mask, batch_size, desc):
     """Runs a jitted ``fn(params, ids, mask) -> (vectors [b, n, D], mask [b, n])`` over [N, L] arrays (last batch
     padded to full size: one compilation)."""
     vecs, masks = [], []
-    for start in tqdm.trange(0, len(ids), batch_size, desc=desc, leave=False):
-        take = np.minimum(np.arange(start, start + batch_size), len(ids) - 1)
+    for take, n in tqdm.tqdm(list(batching.padded_batches(len(ids), batch_size)), desc=desc, leave=False):
         v, m = fn(params, ids[take], mask[take])
-        n = min(batch_size, len(ids) - start)
         vecs.append(np.asarray(v)[:n])
         masks.append(np.asarray(m)[:n])
     return np.concatenate(vecs), np.concatenate(masks)
@@ -129,7 +126,7 @@ def main(argv=None) -> dict:
     if k > len(pool) - 1:
         raise SystemExit(f"--num-negatives {k} exceeds the {len(pool) - 1} non-gold training entities")
     if args.max_steps is None:
-        args.max_steps = max(1, math.ceil(args.epochs * len(train_mentions) / (args.batch_size * args.grad_accum)))
+        args.max_steps = config_lib.steps_for_epochs(args.epochs, len(train_mentions), args.batch_size, args.grad_accum)
     config = config_lib.config_from_args(args)
 
     encode_entities = jax.jit(lambda p, i, m: ret.encode_entities(p, i, m))

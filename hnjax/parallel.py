@@ -34,6 +34,8 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from hnjax.data import batching
+
 logger = logging.getLogger(__name__)
 
 DATA_AXIS = "data"
@@ -102,10 +104,10 @@ def pad_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
     valid = np.asarray(out.pop(VALID_KEY, np.ones((b,), bool)), bool)
     if valid.shape != (b,):
         raise ValueError(f"batch['valid'] must have shape ({b},), got {valid.shape}")
-    pad = size - b
-    if pad:
-        out = {k: np.concatenate([v, np.repeat(v[:1], pad, axis=0)], axis=0) for k, v in out.items()}
-        valid = np.concatenate([valid, np.zeros((pad,), bool)])
+    if size > b:
+        index = batching.padded_index(b, size)
+        out = {k: v[index] for k, v in out.items()}
+        valid = valid[index] & (np.arange(size) < b)
     out[VALID_KEY] = valid
     return out
 

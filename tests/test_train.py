@@ -174,6 +174,16 @@ def test_argparse_glue():
         config_lib.config_from_args(parser.parse_args(["--checkpoint-every", "2"]))
 
 
+def test_steps_for_epochs():
+    assert config_lib.steps_for_epochs(4, 1000, 16, 2) == 125  # 4 · 1000 / 32
+    assert config_lib.steps_for_epochs(1, 10536, 32) == 330  # ⌈10536 / 32⌉ = ⌈329.25⌉
+    assert config_lib.steps_for_epochs(0.5, 10, 4) == 2  # ⌈1.25⌉
+    assert config_lib.steps_for_epochs(1, 3, 16, 2) == 1
+    assert config_lib.steps_for_epochs(0, 100, 4) == 1  # at least one update
+    with pytest.raises(ValueError, match="batch_size"):
+        config_lib.steps_for_epochs(1, 10, 0)
+
+
 def test_data_order_is_seeded_complete_and_pads_the_last_batch():
     order = loop.DataOrder(10, 4, seed=3)
     assert order.steps_per_epoch == 3

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hnjax import scorers
+from hnjax.data import batching
 from hnjax.mining import index as index_lib
 
 
@@ -161,16 +162,10 @@ class DeviceIndex(index_lib.Index):
         q = jnp.asarray(queries)
         if self.metric == "cosine":
             index_lib.check_cosine_rows(q, name="queries")  # the compiled search normalises
-        n_q = q.shape[0]
-        bq = self.query_block
-        q = jnp.pad(q, ((0, -n_q % bq), (0, 0)))
         out_s, out_i = [], []
-        for start in range(0, q.shape[0], bq):
-            chunk = q[start : start + bq]
-            if self.metric == "cosine" and start + bq > n_q:  # padded rows would be 0/0
-                chunk = chunk.at[n_q - start :].set(1)
+        for take, n_real in batching.padded_batches(q.shape[0], self.query_block):  # one compiled shape
             s, i = _blocked_top_k(
-                chunk,
+                q[take],
                 self._blocks,
                 self._valid,
                 self._offsets,
@@ -180,11 +175,9 @@ class DeviceIndex(index_lib.Index):
                 recall_target=self.recall_target,
                 mesh=self.mesh,
             )
-            out_s.append(s)
-            out_i.append(i)
-        scores = np.asarray(jnp.concatenate(out_s))[:n_q]
-        pos = np.asarray(jnp.concatenate(out_i))[:n_q]
-        return scores, pos
+            out_s.append(np.asarray(s)[:n_real])
+            out_i.append(np.asarray(i)[:n_real])
+        return np.concatenate(out_s), np.concatenate(out_i)
 
     def _arrays(self) -> dict:
         n = self.size

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 from typing import Any
 
@@ -197,6 +198,32 @@ class TrainConfig:
                     f"cannot resume: setting {name!r} is {extra.get(name)!r} but the run in {self.out} used "
                     f"{saved_extra.get(name)!r}"
                 )
+
+
+def steps_for_epochs(epochs: float, num_examples: int, batch_size: int, grad_accum: int = 1) -> int:
+    """Optimizer updates that make ``epochs`` passes over the data: ⌈epochs · N / (B · A)⌉, at least 1.
+
+    Args:
+      epochs: passes over the data (fractions allowed).
+      num_examples: N, examples per epoch.
+      batch_size: B, examples per micro-batch.
+      grad_accum: A, micro-batches per update.
+
+    Returns:
+      The ``max_steps`` of a run of ``epochs`` epochs.
+
+    Example:
+      >>> steps_for_epochs(4, num_examples=1000, batch_size=16, grad_accum=2)  # 4 · 1000 / 32 = 125
+      125
+    """
+    if not epochs >= 0:
+        raise ValueError(f"epochs: expected a number >= 0, got {epochs!r}")
+    if num_examples < 0 or batch_size < 1 or grad_accum < 1:
+        raise ValueError(
+            f"num_examples, batch_size, grad_accum: expected >= 0, >= 1, >= 1, got {num_examples}, {batch_size}, "
+            f"{grad_accum}"
+        )
+    return max(1, math.ceil(epochs * num_examples / (batch_size * grad_accum)))
 
 
 def _optional_int(text: str) -> int | None:
