@@ -19,24 +19,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import pathlib
 
+import numpy as np
+
+from hnjax import eval as ev
 from hnjax.data import zeshel
 
 SPLITS = ("val", "test")
 KS = (1, 4, 8, 64)
-
-
-def mcnemar_exact(only_a: int, only_b: int) -> float:
-    """Two-sided exact McNemar p-value: P(a split of the n = only_a + only_b discordant pairs at least this uneven)
-    under Binomial(n, 1/2); 1.0 when there is none."""
-    n = only_a + only_b
-    if n == 0:
-        return 1.0
-    low = min(only_a, only_b)
-    tail = sum(math.comb(n, i) for i in range(low + 1)) / 2.0**n
-    return min(1.0, 2.0 * tail)
 
 
 def gold_labels(data: pathlib.Path) -> dict[str, str]:
@@ -70,18 +61,10 @@ def compare(a: pathlib.Path, b: pathlib.Path, gold: dict[str, str]) -> dict:
     ha, hb = top1_hits(a, gold), top1_hits(b, gold)
     if set(ha) != set(hb):
         raise ValueError(f"{a} and {b} rank different mentions ({len(set(ha) ^ set(hb))} differ)")
-    only_a = sum(ha[m] and not hb[m] for m in ha)
-    only_b = sum(hb[m] and not ha[m] for m in ha)
-    return {
-        "a": str(a),
-        "b": str(b),
-        "mentions": len(ha),
-        "r1_a": sum(ha.values()) / len(ha),
-        "r1_b": sum(hb.values()) / len(hb),
-        "only_a": only_a,
-        "only_b": only_b,
-        "mcnemar_p": mcnemar_exact(only_a, only_b),
-    }
+    order = sorted(ha)
+    c = ev.paired_comparison(np.array([ha[m] for m in order]), np.array([hb[m] for m in order]))
+    return {"a": str(a), "b": str(b), "mentions": c["items"], "r1_a": c["accuracy_a"], "r1_b": c["accuracy_b"],
+            "only_a": c["only_a"], "only_b": c["only_b"], "mcnemar_p": c["mcnemar_p"]}  # fmt: skip
 
 
 def main(argv=None) -> dict:

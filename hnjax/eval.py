@@ -1,4 +1,4 @@
-"""Evaluation metrics: STS correlation, embedding geometry, retrieval and reranking.
+"""Evaluation metrics: STS correlation, embedding geometry, retrieval and reranking, paired significance tests.
 
 Everything here is host-side NumPy in float64: metrics are computed once per evaluation on arrays that already left
 the device, and float64 keeps rank statistics and log-mean-exp exact enough to compare with SciPy and the reference
@@ -380,6 +380,71 @@ def normalized_accuracy(predicted_ids: Any, gold_ids: Any, candidate_ids: Any) -
     if not covered.any():
         return float("nan")
     return float(np.mean(pred[covered] == gold[covered]))
+
+
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p-value of two systems scored on the same items.
+
+    Of the n = only_a + only_b discordant items (one system right, the other wrong), the p-value is the probability
+    under Binomial(n, 1/2) of a split at least as uneven: p = min(1, 2 · Σ_{i ≤ min(only_a, only_b)} C(n, i) / 2ⁿ);
+    1.0 when no item is discordant. It answers whether the two accuracies differ by more than the luck of which items
+    each system gets right; it says nothing of seed-to-seed variation.
+
+    Args:
+      only_a: items system A gets right and B wrong, >= 0.
+      only_b: items system B gets right and A wrong, >= 0.
+
+    Returns:
+      The p-value in (0, 1].
+
+    Example:
+      >>> mcnemar_exact(1, 3)  # 2 · (C(4, 0) + C(4, 1)) / 16
+      0.625
+
+    References:
+      McNemar, "Note on the sampling error of the difference between correlated proportions or percentages",
+      Psychometrika 1947 (exact binomial form); equals ``scipy.stats.binomtest(only_b, n, 0.5).pvalue``.
+    """
+    for name, value in (("only_a", only_a), ("only_b", only_b)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"{name}: expected an int >= 0, got {value!r}")
+    n = int(only_a) + int(only_b)
+    if n == 0:
+        return 1.0
+    low = min(int(only_a), int(only_b))
+    tail = sum(math.comb(n, i) for i in range(low + 1)) / 2.0**n
+    return min(1.0, 2.0 * tail)
+
+
+def paired_comparison(correct_a: Any, correct_b: Any) -> dict[str, float | int]:
+    """Accuracies of two systems on the same items and the exact McNemar test of their difference.
+
+    Args:
+      correct_a: bool [Q], whether system A is right on each item.
+      correct_b: bool [Q], the same items for system B.
+
+    Returns:
+      ``{"items": Q, "accuracy_a", "accuracy_b", "only_a", "only_b", "mcnemar_p"}`` (see :func:`mcnemar_exact`).
+
+    Example:
+      >>> paired_comparison([True, True, False, False], [True, False, True, True])["only_b"]
+      2
+    """
+    a, b = np.asarray(correct_a), np.asarray(correct_b)
+    if a.dtype != np.bool_ or b.dtype != np.bool_ or a.ndim != 1 or a.shape != b.shape:
+        raise ValueError(f"correct_a, correct_b: expected two bool arrays [Q] of one shape, got {a.dtype}{a.shape} and "
+                         f"{b.dtype}{b.shape}")  # fmt: skip
+    if a.shape[0] == 0:
+        raise ValueError("correct_a: expected at least one item, got Q = 0")
+    only_a, only_b = int(np.sum(a & ~b)), int(np.sum(b & ~a))
+    return {
+        "items": int(a.shape[0]),
+        "accuracy_a": float(a.mean()),
+        "accuracy_b": float(b.mean()),
+        "only_a": only_a,
+        "only_b": only_b,
+        "mcnemar_p": mcnemar_exact(only_a, only_b),
+    }
 
 
 def evaluate_sts(

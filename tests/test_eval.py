@@ -333,5 +333,28 @@ def test_evaluate_sts_rejects_bad_embeddings():
         ev.evaluate_sts(lambda ss: np.ones((len(ss), 4)), {})
 
 
+@pytest.mark.parametrize("only_a,only_b", [(0, 0), (0, 5), (3, 9), (11, 46), (20, 20), (1, 30)])
+def test_mcnemar_exact_equals_scipy_binomial_test(only_a, only_b):
+    scipy_stats = pytest.importorskip("scipy.stats")
+    n = only_a + only_b
+    expected = 1.0 if n == 0 else scipy_stats.binomtest(only_b, n, 0.5).pvalue
+    assert ev.mcnemar_exact(only_a, only_b) == pytest.approx(expected, rel=1e-9)
+
+
+def test_paired_comparison_counts_discordant_items():
+    a = np.array([True, True, False, False, True, False])
+    b = np.array([True, False, True, True, True, True])
+    c = ev.paired_comparison(a, b)
+    assert (c["items"], c["only_a"], c["only_b"]) == (6, 1, 3)
+    assert (c["accuracy_a"], c["accuracy_b"]) == (3 / 6, 5 / 6)
+    assert c["mcnemar_p"] == pytest.approx(2 * (1 + 4) / 16)  # P(X <= 1), X ~ Bin(4, 1/2), two-sided
+    with pytest.raises(ValueError, match="only_a: expected an int >= 0"):
+        ev.mcnemar_exact(-1, 2)
+    with pytest.raises(ValueError, match="correct_a, correct_b"):
+        ev.paired_comparison(a, b[:5])
+    with pytest.raises(ValueError, match="correct_a, correct_b"):
+        ev.paired_comparison(a.astype(int), b)
+
+
 def test_docstring_examples():
     assert doctest.testmod(ev, raise_on_error=False).failed == 0

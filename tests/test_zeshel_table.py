@@ -14,14 +14,6 @@ table = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(table)
 
 
-@pytest.mark.parametrize("only_a,only_b", [(0, 0), (0, 5), (3, 9), (11, 46), (20, 20), (1, 30)])
-def test_mcnemar_exact_equals_scipy_binomial_test(only_a, only_b):
-    scipy_stats = pytest.importorskip("scipy.stats")
-    n = only_a + only_b
-    expected = 1.0 if n == 0 else scipy_stats.binomtest(only_b, n, 0.5).pvalue
-    assert table.mcnemar_exact(only_a, only_b) == pytest.approx(expected, rel=1e-9)
-
-
 def _write_run(root: pathlib.Path, name: str, firsts: dict[str, str], recall1: float) -> pathlib.Path:
     run = root / name
     (run / "candidates").mkdir(parents=True)
