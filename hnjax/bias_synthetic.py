@@ -25,6 +25,7 @@ import numpy as np
 import optax
 
 from hnjax import bias
+from hnjax import eval as ev
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Paper 1's synthetic experiment: a population, a tiny model trained on full CE, bias along its trajectory
@@ -306,14 +307,6 @@ def window_mean(values: Sequence[float], lo: int, hi: int) -> float | None:
     return float(np.mean(part)) if len(values) >= lo else None
 
 
-def mean_std(values: Sequence[float | None]) -> dict[str, float | None]:
-    """``{"mean", "std"}`` of the values that are not None (sample std, 0 for one value; both None for none)."""
-    v = np.asarray([x for x in values if x is not None], np.float64)
-    if v.size == 0:
-        return {"mean": None, "std": None}
-    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0}
-
-
 def summarize_seed(run: dict) -> dict:
     """The numbers the paper's claims are judged on, for one seed's :func:`synthetic_experiment` result."""
     steps = len(run["ce_loss"])
@@ -358,13 +351,13 @@ def summarize(per_seed: dict) -> dict:
         "max_abs_hard_loss_minus_ce_steps15_30",
         "pop_entropy",
     ):
-        out[key] = mean_std([x[key] for x in s.values()])
+        out[key] = ev.mean_std([x[key] for x in s.values()])
     names = sorted({n for r in per_seed.values() for n in r if n.endswith("_bias")})
     out["bias_mean_steps20_30_by_sampler"] = {
-        n[: -len("_bias")]: mean_std([window_mean(r[n], 20, 30) for r in per_seed.values()]) for n in names
+        n[: -len("_bias")]: ev.mean_std([window_mean(r[n], 20, 30) for r in per_seed.values()]) for n in names
     }
     out["bias_last_step_by_sampler"] = {
-        n[: -len("_bias")]: mean_std([r[n][-1] for r in per_seed.values()]) for n in names
+        n[: -len("_bias")]: ev.mean_std([r[n][-1] for r in per_seed.values()]) for n in names
     }
     return out
 

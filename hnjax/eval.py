@@ -382,6 +382,25 @@ def normalized_accuracy(predicted_ids: Any, gold_ids: Any, candidate_ids: Any) -
     return float(np.mean(pred[covered] == gold[covered]))
 
 
+def mean_std(values: Iterable[float | None]) -> dict[str, float | None]:
+    """Mean and sample standard deviation (ddof = 1) of the values that are not None, e.g. one metric over seeds.
+
+    Args:
+      values: numbers; None entries (a metric a run did not reach) are left out.
+
+    Returns:
+      ``{"mean": float, "std": float}``; ``std`` is 0.0 for a single value; both None when no value is left.
+
+    Example:
+      >>> mean_std([1.0, None, 3.0])
+      {'mean': 2.0, 'std': 1.4142135623730951}
+    """
+    v = np.asarray([x for x in values if x is not None], np.float64)
+    if v.size == 0:
+        return {"mean": None, "std": None}
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0}
+
+
 def mcnemar_exact(only_a: int, only_b: int) -> float:
     """Two-sided exact McNemar p-value of two systems scored on the same items.
 

@@ -143,3 +143,50 @@ def bias_figures(out: str, per_seed: dict, groups: dict, summary: dict, paper: d
         fig.savefig(os.path.join(out, "bias_vs_K.png"), dpi=120)
         written += ["bias_vs_p.png", "bias_vs_K.png"]
     return written
+
+
+def dev_curve(curve: Sequence[dict], path: str, title: str) -> None:
+    """STS-B dev Spearman against the training step of one SimCSE run (``[{"step", "stsb_dev_spearman"}, ...]``)."""
+    fig = figure.Figure(figsize=(5, 3.2))
+    ax = fig.subplots()
+    ax.plot([c["step"] for c in curve], [c["stsb_dev_spearman"] for c in curve], marker="o")
+    ax.set(xlabel="step", ylabel="STS-B dev Spearman ×100", title=title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def simcse_comparison(runs: Sequence[dict], dev_path: str, geometry_path: str) -> None:
+    """Figures comparing SimCSE runs: dev Spearman against step, one line per run coloured by loss (``dev_path``),
+    and alignment against uniformity of the selected encoders on STS-B dev (``geometry_path``, Wang & Isola 2020).
+
+    Args:
+      runs: ``results.json`` contents of ``experiments/simcse_focal.py`` runs.
+      dev_path, geometry_path: PNG files to write.
+    """
+    colours = {"infonce": "tab:blue", "focal": "tab:red"}
+    fig = figure.Figure(figsize=(5.5, 3.5))
+    ax = fig.subplots()
+    for r in runs:
+        c = r["dev_curve"]
+        ax.plot([p["step"] for p in c], [p["stsb_dev_spearman"] for p in c], color=colours.get(r["loss"]),
+                alpha=0.7, marker="o", label=f"{r['loss']} s{r['seed']}")  # fmt: skip
+    ax.set(xlabel="step", ylabel="STS-B dev Spearman ×100", title="SimCSE: InfoNCE vs Focal-InfoNCE")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(dev_path, dpi=120)
+
+    fig = figure.Figure(figsize=(4.5, 3.5))
+    ax = fig.subplots()
+    for r in runs:
+        dev = r["final"].get("STSBenchmark-dev", {})
+        if "alignment" in dev and "uniformity" in dev:
+            ax.scatter(dev["uniformity"], dev["alignment"], color=colours.get(r["loss"]), label=r["loss"])
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    ax.legend(unique.values(), unique.keys())
+    ax.set(xlabel="uniformity (lower is better)", ylabel="alignment (lower is better)", title="STS-B dev")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(geometry_path, dpi=120)

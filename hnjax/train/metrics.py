@@ -60,6 +60,28 @@ def write_results(out_dir: str, results: dict) -> str:
     return path
 
 
+def read_results(out_dir: str | os.PathLike, *, required: tuple[str, ...] = ()) -> dict:
+    """The ``OUT/results.json`` of a finished run, with the fields a caller relies on checked.
+
+    Args:
+      out_dir: the run's output folder.
+      required: top-level fields that must be present.
+
+    Raises:
+      FileNotFoundError: the folder has no ``results.json`` (not a finished run).
+      ValueError: a required field is missing (file and field named).
+    """
+    path = os.path.join(str(out_dir), "results.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: missing (is {out_dir} a finished run?)")
+    with open(path, encoding="utf-8") as f:
+        results = json.load(f)
+    for name in required:
+        if name not in results:
+            raise ValueError(f"{path}: field {name!r} is missing")
+    return results
+
+
 def _jsonable(value):
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)  # JSON has no NaN/inf; keep them readable
