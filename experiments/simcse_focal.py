@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hnjax import embed, export, models, simcse
+from hnjax import embed, export, models, plots, simcse
 from hnjax import eval as ev
 from hnjax.data import sts, text, tokenize
 from hnjax.train import config as config_lib
@@ -68,21 +68,6 @@ def parse_args(argv=None):
     if args.max_length < 4:
         p.error(f"--max-length must be >= 4, got {args.max_length}")
     return args
-
-
-def plot_curve(curve: list[dict], path: str, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot([c["step"] for c in curve], [c["stsb_dev_spearman"] for c in curve], marker="o")
-    ax.set(xlabel="step", ylabel="STS-B dev Spearman ×100", title=title)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def main(argv=None) -> dict:
@@ -171,7 +156,7 @@ def main(argv=None) -> dict:
         "devices": jax.device_count(),
     }
     metrics.write_results(out, results)
-    plot_curve(curve, str(out / "dev_spearman.png"), f"{args.loss}, seed {args.seed}")
+    plots.dev_curve(curve, str(out / "dev_spearman.png"), f"{args.loss}, seed {args.seed}")
     logger.info("best STS-B dev Spearman %.2f at step %s; results in %s", best["stsb_dev_spearman"], best["step"], out)
     return results
 
