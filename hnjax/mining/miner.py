@@ -277,7 +277,7 @@ class Miner:
             raise ValueError(f"num_negatives: expected a positive int, got {num_negatives!r}")
         if refresh_every is not None and refresh_every < 1:
             raise ValueError(f"refresh_every: expected None or >= 1 steps, got {refresh_every}")
-        index_lib._check_metric(metric)
+        index_lib.check_metric(metric)
         self.encode_fn, self.query_encode_fn = encode_fn, query_encode_fn or encode_fn
         self.corpus, self.queries = corpus, queries
         self.num_negatives = int(num_negatives)
