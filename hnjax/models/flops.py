@@ -15,7 +15,7 @@ narrow models.
 
 from __future__ import annotations
 
-from hnjax.models.bert import EncoderConfig
+from hnjax.models import bert
 
 # Dense peak TFLOP/s by (device kind substring, compute dtype) from the vendors' data sheets (NVIDIA H100 Tensor
 # Core GPU datasheet, SXM5 / PCIe columns, "without sparsity"; NVIDIA H200 datasheet; NVIDIA A100 datasheet).
@@ -33,7 +33,7 @@ PEAK_TFLOPS: dict[tuple[str, str], float] = {
 }
 
 
-def encoder_flops(config: EncoderConfig, batch: int, length: int, *, training: bool = True) -> float:
+def encoder_flops(config: bert.EncoderConfig, batch: int, length: int, *, training: bool = True) -> float:
     """Matrix-multiply FLOPs of the encoder over ``batch`` sequences of ``length`` tokens (3× forward if training).
 
     Per layer and sequence (D = hidden, F = intermediate, L = length): Q, K, V and output projections 4·2·L·D², the
