@@ -12,7 +12,7 @@ Reads ``RUN/results.json`` and ``RUN/candidates/{val,test}.jsonl`` of every run 
 Run (from the repository root):
 
     python experiments/zeshel_table.py --data runs/zs/data runs/zs/dual-p0.0 runs/zs/dual-p0.5 \\
-        --compare runs/zs/dual-p0.0:runs/zs/dual-p0.5 --json runs/zs/table.json
+        --compare runs/zs/dual-p0.0:runs/zs/dual-p0.5 --out runs/zs/table.json
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import numpy as np
 
 from hnjax import eval as ev
 from hnjax.data import zeshel
+from hnjax.train import metrics
 
 SPLITS = ("val", "test")
 KS = (1, 4, 8, 64)
@@ -72,13 +73,13 @@ def main(argv=None) -> dict:
     parser.add_argument("runs", nargs="+", help="run folders of experiments/zeshel_retriever.py")
     parser.add_argument("--data", required=True, help="the data folder the runs were evaluated on")
     parser.add_argument("--compare", nargs="*", default=[], metavar="A:B", help="pairs of run folders to compare")
-    parser.add_argument("--json", default=None, help="also write the rows and comparisons here")
+    parser.add_argument("--out", default=None, help="JSON file to also write the rows and comparisons to")
     args = parser.parse_args(argv)
     rows = []
     print("| run | " + " | ".join(f"{s} R@{k}" for s in SPLITS for k in KS) + " |")
     print("|---" * (1 + len(SPLITS) * len(KS)) + "|")
     for run in map(pathlib.Path, args.runs):
-        results = json.loads((run / "results.json").read_text())
+        results = metrics.read_results(run, required=SPLITS)
         row = {"run": str(run), **{f"{s}_recall@{k}": results[s][f"recall@{k}"] for s in SPLITS for k in KS}}
         rows.append(row)
         print(f"| {run.name} | " + " | ".join(f"{row[f'{s}_recall@{k}']:.3f}" for s in SPLITS for k in KS) + " |")
@@ -95,8 +96,8 @@ def main(argv=None) -> dict:
             f"only {b.name} {c['only_b']}, only {a.name} {c['only_a']}, exact McNemar p = {c['mcnemar_p']:.2g}"
         )
     out = {"rows": rows, "comparisons": comparisons}
-    if args.json:
-        pathlib.Path(args.json).write_text(json.dumps(out, indent=1))
+    if args.out:
+        pathlib.Path(args.out).write_text(json.dumps(out, indent=1))
     return out
 
 
