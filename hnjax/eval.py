@@ -31,9 +31,9 @@ SEVEN_TASKS = ("STS12", "STS13", "STS14", "STS15", "STS16", "STSBenchmark-test",
 def _as_1d(x: Any, name: str) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 1:
-        raise ValueError(f"{name} must be 1-D [P], got shape {x.shape}")
+        raise ValueError(f"{name}: expected 1-D [P], got shape {x.shape}")
     if not np.all(np.isfinite(x)):
-        raise ValueError(f"{name} must be finite, got {int(np.sum(~np.isfinite(x)))} non-finite values")
+        raise ValueError(f"{name}: expected finite values, got {int(np.sum(~np.isfinite(x)))} non-finite values")
     return x
 
 
@@ -89,7 +89,7 @@ def spearman(x: Any, y: Any) -> float:
     x = _as_1d(x, "x")
     y = _as_1d(y, "y")
     if x.shape != y.shape:
-        raise ValueError(f"x and y must have the same shape, got {x.shape} and {y.shape}")
+        raise ValueError(f"x and y: expected the same shape, got {x.shape} and {y.shape}")
     if x.shape[0] < 2:
         raise ValueError(f"spearman needs at least 2 pairs, got {x.shape[0]}")
     rx = average_ranks(x)
@@ -125,9 +125,9 @@ def sts_spearman(predicted: Any, gold: Any) -> float:
 def _as_2d(x: Any, name: str) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2:
-        raise ValueError(f"{name} must be 2-D [N, D], got shape {x.shape}")
+        raise ValueError(f"{name}: expected 2-D [N, D], got shape {x.shape}")
     if not np.all(np.isfinite(x)):
-        raise ValueError(f"{name} must be finite, got {int(np.sum(~np.isfinite(x)))} non-finite values")
+        raise ValueError(f"{name}: expected finite values, got {int(np.sum(~np.isfinite(x)))} non-finite values")
     return x
 
 
@@ -149,7 +149,7 @@ def cosine_similarity(a: Any, b: Any, *, eps: float = 1e-8) -> np.ndarray:
     a = _as_2d(a, "a")
     b = _as_2d(b, "b")
     if a.shape != b.shape:
-        raise ValueError(f"a and b must have the same shape [P, D], got {a.shape} and {b.shape}")
+        raise ValueError(f"a and b: expected the same shape [P, D], got {a.shape} and {b.shape}")
     return np.einsum("pd,pd->p", scorers.l2_normalize(a, eps=eps), scorers.l2_normalize(b, eps=eps))
 
 
@@ -176,11 +176,11 @@ def alignment(x: Any, y: Any, *, alpha: float = 2.0, normalize: bool = True) -> 
     x = _as_2d(x, "x")
     y = _as_2d(y, "y")
     if x.shape != y.shape:
-        raise ValueError(f"x and y must have the same shape [P, D], got {x.shape} and {y.shape}")
+        raise ValueError(f"x and y: expected the same shape [P, D], got {x.shape} and {y.shape}")
     if x.shape[0] == 0:
         raise ValueError("alignment needs at least one pair, got P = 0")
     if not alpha > 0:
-        raise ValueError(f"alpha must be > 0, got {alpha}")
+        raise ValueError(f"alpha: expected > 0, got {alpha}")
     if normalize:
         x, y = scorers.l2_normalize(x), scorers.l2_normalize(y)
     return float(np.mean(np.linalg.norm(x - y, axis=1) ** alpha))
@@ -213,9 +213,9 @@ def uniformity(x: Any, *, t: float = 2.0, normalize: bool = True, block_size: in
     if n < 2:
         raise ValueError(f"uniformity needs at least 2 vectors, got N = {n}")
     if not t > 0:
-        raise ValueError(f"t must be > 0, got {t}")
+        raise ValueError(f"t: expected > 0, got {t}")
     if block_size < 1:
-        raise ValueError(f"block_size must be >= 1, got {block_size}")
+        raise ValueError(f"block_size: expected >= 1, got {block_size}")
     if normalize:
         x = scorers.l2_normalize(x)
     sq = np.einsum("nd,nd->n", x, x)  # [N]
@@ -247,7 +247,9 @@ def _gold_sets(gold_ids: Any, q: int) -> list[frozenset]:
 
     if isinstance(gold_ids, np.ndarray):
         if gold_ids.ndim != 1:
-            raise ValueError(f"gold_ids must be [Q] or a sequence of gold sets, got an array of shape {gold_ids.shape}")
+            raise ValueError(
+                f"gold_ids: expected [Q] or a sequence of gold sets, got an array of shape {gold_ids.shape}"
+            )
         sets = [frozenset([g]) for g in gold_ids.tolist()]
     else:
         sets = []
@@ -260,7 +262,7 @@ def _gold_sets(gold_ids: Any, q: int) -> list[frozenset]:
                 raise ValueError(f"gold_ids[{i}] is an empty gold set; every query needs at least one gold id")
             sets.append(gold)
     if len(sets) != q:
-        raise ValueError(f"gold_ids must have one entry per query (Q = {q}), got {len(sets)}")
+        raise ValueError(f"gold_ids: expected one entry per query (Q = {q}), got {len(sets)}")
     return sets
 
 
@@ -290,16 +292,16 @@ def recall_at_k(ranked_ids: Any, gold_ids: Any, ks: Sequence[int] = (1, 10, 64),
     """
     ranked = np.asarray(ranked_ids)
     if ranked.ndim != 2:
-        raise ValueError(f"ranked_ids must be 2-D [Q, K], got shape {ranked.shape}")
+        raise ValueError(f"ranked_ids: expected 2-D [Q, K], got shape {ranked.shape}")
     q, k_max = ranked.shape
     if q == 0:
         raise ValueError("ranked_ids must hold at least one query, got Q = 0")
     if multi_gold not in ("fraction", "any"):
-        raise ValueError(f"multi_gold must be 'fraction' or 'any', got {multi_gold!r}")
+        raise ValueError(f"multi_gold: expected 'fraction' or 'any', got {multi_gold!r}")
     ks = [int(k) for k in ks]
     for k in ks:
         if not 1 <= k <= k_max:
-            raise ValueError(f"every k in ks must be in [1, K = {k_max}], got {k}")
+            raise ValueError(f"ks: expected every k in [1, K = {k_max}], got {k}")
     sets = _gold_sets(gold_ids, q)
     rows = ranked.tolist()
     out = {}
@@ -316,9 +318,9 @@ def _check_ids(predicted_ids: Any, gold_ids: Any) -> tuple[np.ndarray, np.ndarra
     pred = np.asarray(predicted_ids)
     gold = np.asarray(gold_ids)
     if pred.ndim != 1 or gold.ndim != 1:
-        raise ValueError(f"predicted_ids and gold_ids must be 1-D [Q], got shapes {pred.shape} and {gold.shape}")
+        raise ValueError(f"predicted_ids and gold_ids: expected 1-D [Q], got shapes {pred.shape} and {gold.shape}")
     if pred.shape != gold.shape:
-        raise ValueError(f"predicted_ids and gold_ids must have the same shape, got {pred.shape} and {gold.shape}")
+        raise ValueError(f"predicted_ids and gold_ids: expected the same shape, got {pred.shape} and {gold.shape}")
     if pred.shape[0] == 0:
         raise ValueError("need at least one mention, got Q = 0")
     return pred, gold
@@ -375,7 +377,7 @@ def normalized_accuracy(predicted_ids: Any, gold_ids: Any, candidate_ids: Any) -
     pred, gold = _check_ids(predicted_ids, gold_ids)
     cands = np.asarray(candidate_ids)
     if cands.ndim != 2 or cands.shape[0] != pred.shape[0]:
-        raise ValueError(f"candidate_ids must be [Q, K] with Q = {pred.shape[0]}, got shape {cands.shape}")
+        raise ValueError(f"candidate_ids: expected [Q, K] with Q = {pred.shape[0]}, got shape {cands.shape}")
     covered = np.any(cands == gold[:, None], axis=1)  # [Q]
     if not covered.any():
         return float("nan")

@@ -62,7 +62,7 @@ def make_mesh(n_devices: int | None = None, *, axis_name: str = DATA_AXIS) -> ja
     available = jax.device_count()
     n = available if n_devices is None else n_devices
     if not 1 <= n <= available:
-        raise ValueError(f"n_devices must be between 1 and the {available} available devices, got {n_devices}")
+        raise ValueError(f"n_devices: expected between 1 and the {available} available devices, got {n_devices}")
     return jax.make_mesh((n,), (axis_name,), devices=jax.devices()[:n])
 
 
@@ -99,11 +99,11 @@ def pad_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
     if b == 0:
         raise ValueError("batch has no rows")
     if b > size:
-        raise ValueError(f"size must be at least the batch size {b}, got {size}")
+        raise ValueError(f"size: expected at least the batch size {b}, got {size}")
     out = {k: np.asarray(v) for k, v in batch.items()}
     valid = np.asarray(out.pop(VALID_KEY, np.ones((b,), bool)), bool)
     if valid.shape != (b,):
-        raise ValueError(f"batch['valid'] must have shape ({b},), got {valid.shape}")
+        raise ValueError(f"batch['valid']: expected shape ({b},), got {valid.shape}")
     if size > b:
         index = batching.padded_index(b, size)
         out = {k: v[index] for k, v in out.items()}
@@ -139,14 +139,14 @@ class DataParallel:
 
     def __post_init__(self):
         if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+            raise ValueError(f"mode: expected one of {MODES}, got {self.mode!r}")
         available = jax.device_count() if self.mode == "shard_map" else jax.local_device_count()
         n = 1 if self.mode == "none" and self.n_devices is None else self.n_devices
         n = available if n is None else n
         if self.mode == "none" and n != 1:
-            raise ValueError(f"n_devices must be 1 when mode='none', got {n}; use mode 'pmap' or 'shard_map'")
+            raise ValueError(f"n_devices: expected 1 when mode='none', got {n}; use mode 'pmap' or 'shard_map'")
         if not 1 <= n <= available:
-            raise ValueError(f"n_devices must be between 1 and the {available} available devices, got {n}")
+            raise ValueError(f"n_devices: expected between 1 and the {available} available devices, got {n}")
         object.__setattr__(self, "n_devices", n)
 
     @property

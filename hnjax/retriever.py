@@ -59,10 +59,10 @@ class RetrieverConfig:
 
     def __post_init__(self):
         if self.scorer not in SCORERS:
-            raise ValueError(f"scorer must be one of {SCORERS}, got {self.scorer!r}")
+            raise ValueError(f"scorer: expected one of {SCORERS}, got {self.scorer!r}")
         for name in ("num_entity_vectors", "num_codes", "block_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+                raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
 
 
 @dataclasses.dataclass(frozen=True)

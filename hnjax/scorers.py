@@ -87,9 +87,9 @@ def _shape_name(x: jax.Array) -> str:
 def _as_vectors(x, name: str, ranks: tuple[int, ...], layouts: str) -> jax.Array:
     x = jnp.asarray(x)
     if x.ndim not in ranks:
-        raise ValueError(f"{name} must have rank {' or '.join(map(str, ranks))} ({layouts}), got {_shape_name(x)}")
+        raise ValueError(f"{name}: expected rank {' or '.join(map(str, ranks))} ({layouts}), got {_shape_name(x)}")
     if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ValueError(f"{name} must have a floating dtype, got {x.dtype}")
+        raise ValueError(f"{name}: expected a floating dtype, got {x.dtype}")
     return x
 
 
@@ -100,9 +100,9 @@ def _as_mask(mask, name: str, shape: tuple[int, ...], allow_empty: bool, what: s
     if not hasattr(mask, "dtype"):
         mask = np.asarray(mask)
     if mask.dtype != np.bool_:
-        raise ValueError(f"{name} must have dtype bool (True = real vector), got {mask.dtype}")
+        raise ValueError(f"{name}: expected dtype bool (True = real vector), got {mask.dtype}")
     if tuple(mask.shape) != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)} (the vectors' shape without D), got {mask.shape}")
+        raise ValueError(f"{name}: expected shape {tuple(shape)} (the vectors' shape without D), got {mask.shape}")
     if not allow_empty and not isinstance(mask, jax.core.Tracer) and mask.size:
         empty = np.argwhere(~np.asarray(mask).any(axis=-1))  # concrete masks only: a host read, outside any trace
         if empty.size:
@@ -115,7 +115,7 @@ def _as_mask(mask, name: str, shape: tuple[int, ...], allow_empty: bool, what: s
 
 def _check_block_size(block_size) -> int:
     if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
-        raise ValueError(f"block_size must be a positive int, got {block_size!r}")
+        raise ValueError(f"block_size: expected a positive int, got {block_size!r}")
     return int(block_size)
 
 
@@ -129,15 +129,15 @@ def _validate_pair(q, d, q_mask, d_mask, allow_empty: bool):
     q = _as_vectors(q, "q", (3,), "[B, m, D]")
     d = _as_vectors(d, "d", (3, 4), "[N, n, D] all pairs or [B, K, n, D] paired")
     if q.shape[-1] != d.shape[-1]:
-        raise ValueError(f"q and d must have the same width D, got q {_shape_name(q)} and d {_shape_name(d)}")
+        raise ValueError(f"q and d: expected the same width D, got q {_shape_name(q)} and d {_shape_name(d)}")
     if d.ndim == 4 and d.shape[0] != q.shape[0]:
         raise ValueError(
-            f"paired layout needs d.shape[0] == B: q {_shape_name(q)} has B={q.shape[0]}, d {_shape_name(d)}"
+            f"d: expected d.shape[0] == B={q.shape[0]} of q {_shape_name(q)} (paired layout), got d {_shape_name(d)}"
         )
     if q.shape[1] == 0:
-        raise ValueError(f"q must have at least one vector per query (m >= 1), got {_shape_name(q)}")
+        raise ValueError(f"q: expected at least one vector per query (m >= 1), got {_shape_name(q)}")
     if d.shape[-2] == 0:
-        raise ValueError(f"d must have at least one vector per document (n >= 1), got {_shape_name(d)}")
+        raise ValueError(f"d: expected at least one vector per document (n >= 1), got {_shape_name(d)}")
     q_mask = _as_mask(q_mask, "q_mask", q.shape[:-1], allow_empty, "queries")
     d_mask = _as_mask(d_mask, "d_mask", d.shape[:-1], allow_empty, "documents")
     return q, d, q_mask, d_mask
@@ -286,7 +286,7 @@ def late_interaction(
       function); official code WenzhengZhang/hard-nce-el, retriever.py `HardAttention`, `SoftAttention`.
     """
     if attention not in ATTENTIONS:
-        raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
+        raise ValueError(f"attention: expected one of {ATTENTIONS}, got {attention!r}")
     block_size = _check_block_size(block_size)
     q, d, q_mask, d_mask = _validate_pair(q, d, q_mask, d_mask, allow_empty)
     return _late_interaction_jit(q, d, q_mask, d_mask, attention=attention, block_size=block_size)
@@ -404,14 +404,14 @@ def multi_vector(
     """
     q = _as_vectors(q, "q", (2, 3), "[B, D] or [B, 1, D]")
     if q.ndim == 3 and q.shape[1] != 1:
-        raise ValueError(f"multi_vector takes one query vector: q must be [B, D] or [B, 1, D], got {_shape_name(q)}")
+        raise ValueError(f"q: expected [B, D] or [B, 1, D] (multi_vector takes one query vector), got {_shape_name(q)}")
     d = _as_vectors(d, "d", (3, 4), "[N, L, D] all pairs or [B, K, L, D] paired")
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= d.shape[-2]:
-        raise ValueError(f"n must be an int with 1 <= n <= L = d.shape[-2] = {d.shape[-2]}, got {n!r}")
+        raise ValueError(f"n: expected an int with 1 <= n <= L = d.shape[-2] = {d.shape[-2]}, got {n!r}")
     if d_mask is not None:
         d_mask = d_mask if hasattr(d_mask, "shape") else np.asarray(d_mask)
         if tuple(d_mask.shape) != tuple(d.shape[:-1]):
-            raise ValueError(f"d_mask must have shape {tuple(d.shape[:-1])} (d without D), got {d_mask.shape}")
+            raise ValueError(f"d_mask: expected shape {tuple(d.shape[:-1])} (d without D), got {d_mask.shape}")
         d_mask = d_mask[..., :n]
     q = q.reshape(q.shape[0], 1, q.shape[-1])
     return late_interaction(
@@ -441,12 +441,12 @@ def dual(q: jax.typing.ArrayLike, d: jax.typing.ArrayLike) -> jax.Array:
     q = _as_vectors(q, "q", (2,), "[B, D]")
     d = _as_vectors(d, "d", (2, 3), "[N, D] all pairs or [B, K, D] paired")
     if q.shape[-1] != d.shape[-1]:
-        raise ValueError(f"q and d must have the same width D, got q {_shape_name(q)} and d {_shape_name(d)}")
+        raise ValueError(f"q and d: expected the same width D, got q {_shape_name(q)} and d {_shape_name(d)}")
     acc = _acc_dtype(q.dtype, d.dtype)
     if d.ndim == 2:
         return jnp.einsum("bh,nh->bn", q, d, preferred_element_type=acc)
     if d.shape[0] != q.shape[0]:
         raise ValueError(
-            f"paired layout needs d.shape[0] == B: q {_shape_name(q)} has B={q.shape[0]}, d {_shape_name(d)}"
+            f"d: expected d.shape[0] == B={q.shape[0]} of q {_shape_name(q)} (paired layout), got d {_shape_name(d)}"
         )
     return jnp.einsum("bh,bkh->bk", q, d, preferred_element_type=acc)

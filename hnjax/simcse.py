@@ -48,11 +48,11 @@ class SimCSE:
 
     def __post_init__(self):
         if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+            raise ValueError(f"pooling: expected one of {POOLINGS}, got {self.pooling!r}")
         if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+            raise ValueError(f"loss: expected one of {LOSSES}, got {self.loss!r}")
         if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+            raise ValueError(f"temperature: expected > 0, got {self.temperature}")
 
     @property
     def head(self) -> poolers.MLPHead:

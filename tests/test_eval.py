@@ -159,7 +159,7 @@ def test_uniformity_extremes():
 def test_alignment_uniformity_reject_bad_input():
     with pytest.raises(ValueError, match="at least 2"):
         ev.uniformity(np.ones((1, 3)))
-    with pytest.raises(ValueError, match="t must be > 0"):
+    with pytest.raises(ValueError, match="t: expected > 0"):
         ev.uniformity(np.ones((3, 3)), t=0.0)
     with pytest.raises(ValueError, match="alpha"):
         ev.alignment(np.ones((3, 3)), np.ones((3, 3)), alpha=0.0)

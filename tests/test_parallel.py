@@ -219,7 +219,7 @@ def test_split_micro_batches_is_strided():
 def test_pad_batch_validation():
     with pytest.raises(ValueError, match="leading axis"):
         parallel.pad_batch({"a": np.zeros(3), "b": np.zeros(4)}, 8)
-    with pytest.raises(ValueError, match="size must be at least"):
+    with pytest.raises(ValueError, match="size: expected at least"):
         parallel.pad_batch({"a": np.zeros(9)}, 8)
     out = parallel.pad_batch({"a": np.array([1.0, 2.0]), "valid": np.array([True, False])}, 4)
     np.testing.assert_array_equal(out["a"], [1.0, 2.0, 1.0, 1.0])
@@ -227,11 +227,11 @@ def test_pad_batch_validation():
 
 
 def test_data_parallel_validation():
-    with pytest.raises(ValueError, match="mode must be one of"):
+    with pytest.raises(ValueError, match="mode: expected one of"):
         parallel.DataParallel("ddp")
-    with pytest.raises(ValueError, match="n_devices must be 1 when mode='none'"):
+    with pytest.raises(ValueError, match="n_devices: expected 1 when mode='none'"):
         parallel.DataParallel("none", 2)
-    with pytest.raises(ValueError, match="n_devices must be between 1 and the 8"):
+    with pytest.raises(ValueError, match="n_devices: expected between 1 and the 8"):
         parallel.DataParallel("shard_map", 9)
     with pytest.raises(ValueError, match="not divisible by n_devices=8"):
         parallel.DataParallel("shard_map", 8).put_batch({"x": np.zeros((12, 2))})

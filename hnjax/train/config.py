@@ -83,7 +83,7 @@ class TrainConfig:
 
     def __post_init__(self):
         def fail(name, expected):
-            raise ValueError(f"TrainConfig.{name} must be {expected}, got {getattr(self, name)!r}")
+            raise ValueError(f"TrainConfig.{name}: expected {expected}, got {getattr(self, name)!r}")
 
         for name in ("max_steps", "batch_size", "grad_accum", "keep_checkpoints"):
             value = getattr(self, name)

@@ -103,7 +103,7 @@ def make_train_step(
       1.0
     """
     if not isinstance(grad_accum, int) or grad_accum < 1:
-        raise ValueError(f"grad_accum must be an int >= 1, got {grad_accum!r}")
+        raise ValueError(f"grad_accum: expected an int >= 1, got {grad_accum!r}")
     grad_fn = jax.value_and_grad(lambda p, b, k: loss_fn(p, b, k, axis_name=axis_name), has_aux=True)
 
     def accumulate(params, batch, key):
