@@ -35,11 +35,10 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
 
 from hnjax import eval as ev
 from hnjax import export, mining, models, retriever
-from hnjax.data import batching, tokenize, zeshel
+from hnjax.data import tokenize, zeshel
 from hnjax.train import config as config_lib
 from hnjax.train import loop, metrics
 
@@ -85,17 +84,6 @@ def parse_args(argv=None):
     return args
 
 
-def encode_in_batches(fn, params, ids, mask, batch_size, desc):
-    """Runs a jitted ``fn(params, ids, mask) -> (vectors [b, n, D], mask [b, n])`` over [N, L] arrays (last batch
-    padded to full size: one compilation)."""
-    vecs, masks = [], []
-    for take, n in tqdm.tqdm(list(batching.padded_batches(len(ids), batch_size)), desc=desc, leave=False):
-        v, m = fn(params, ids[take], mask[take])
-        vecs.append(np.asarray(v)[:n])
-        masks.append(np.asarray(m)[:n])
-    return np.concatenate(vecs), np.concatenate(masks)
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -133,12 +121,18 @@ def main(argv=None) -> dict:
     encode_mentions = jax.jit(lambda p, i, m: ret.encode_mentions(p, i, m))
     single = args.scorer == "dual"
 
+    def entity_tokens(p, batch):  # (vectors [b, n, D], mask [b, n])
+        return encode_entities(p, batch["ids"], batch["mask"])
+
+    def mention_tokens(p, batch):
+        return encode_mentions(p, batch["ids"], batch["mask"])
+
     def entity_fn(p, batch):
-        v, m = encode_entities(p, batch["ids"], batch["mask"])
+        v, m = entity_tokens(p, batch)
         return v[:, 0] if single else (v, m)
 
     def mention_fn(p, batch):
-        v, m = encode_mentions(p, batch["ids"], batch["mask"])
+        v, m = mention_tokens(p, batch)
         return v[:, 0] if single else (v, m)
 
     recipe = (mining.Recipe("model") if args.negatives == "model" else
@@ -185,8 +179,10 @@ def main(argv=None) -> dict:
             ents = list(data.documents[world].values())
             ei, em = zeshel.pad_ids(zeshel.entity_input_ids(tokenizer, ents, max_length=length), length=length)
             mi, mm = zeshel.pad_ids(zeshel.mention_input_ids(tokenizer, data, ms, max_length=length), length=length)
-            d, dm = encode_in_batches(encode_entities, trained, ei, em, args.eval_batch_size, f"{split}/{world}")
-            q, qm = encode_in_batches(encode_mentions, trained, mi, mm, args.eval_batch_size, f"{split}/{world}")
+            d, dm = mining.encode(entity_tokens, trained, {"ids": ei, "mask": em}, batch_size=args.eval_batch_size,
+                                  desc=f"{split}/{world}", progress=config.progress)  # fmt: skip
+            q, qm = mining.encode(mention_tokens, trained, {"ids": mi, "mask": mm}, batch_size=args.eval_batch_size,
+                                  desc=f"{split}/{world}", progress=config.progress)  # fmt: skip
             scores, idx = retriever.top_k(ret, jnp.asarray(q), jnp.asarray(qm), jnp.asarray(d), jnp.asarray(dm),
                                           max(RECALL_KS))  # fmt: skip
             doc_ids = np.array([e.document_id for e in ents])
