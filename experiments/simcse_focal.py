@@ -60,11 +60,8 @@ def parse_args(argv=None):
     p.add_argument("--no-start-eval", dest="start_eval", action="store_false",
                    help="do not evaluate the starting encoder (step 0 of the dev curve)")  # fmt: skip
     defaults = config_lib.TrainConfig(batch_size=64, lr=3e-5, eval_every=125, max_steps=1)
-    config_lib.add_train_arguments(p, defaults)
-    p.set_defaults(max_steps=None)
+    config_lib.add_train_arguments(p, defaults, epochs=1.0, require_out=True)
     args = p.parse_args(argv)
-    if args.out is None:
-        p.error("--out is required")
     if args.max_length < 4:
         p.error(f"--max-length must be >= 4, got {args.max_length}")
     return args
@@ -75,9 +72,7 @@ def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     out = pathlib.Path(args.out)
     corpus = text.LineCorpus(args.corpus)
-    if args.max_steps is None:
-        args.max_steps = config_lib.steps_for_epochs(1, len(corpus), args.batch_size, args.grad_accum)
-    config = config_lib.config_from_args(args)
+    config = config_lib.config_from_args(args, num_examples=len(corpus))
 
     model_dir = models.resolve_checkpoint(args.model)
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
@@ -145,7 +140,7 @@ def main(argv=None) -> dict:
     results = {
         "loss": args.loss,
         "seed": args.seed,
-        "steps": args.max_steps,
+        "steps": config.max_steps,
         "best_dev_spearman": best["stsb_dev_spearman"],
         "best_step": best["step"],
         "dev_curve": curve,

@@ -71,12 +71,8 @@ def parse_args(argv=None):
     p.add_argument("--export", action="store_true",
                    help="also write OUT/export: the towers as ST folders and the scorer JSON")  # fmt: skip
     defaults = config_lib.TrainConfig(batch_size=16, grad_accum=2, lr=1e-5, max_steps=1)
-    config_lib.add_train_arguments(p, defaults)
-    p.add_argument("--epochs", type=float, default=4.0, help="epochs when --max-steps is not given (default 4)")
-    p.set_defaults(max_steps=None)
+    config_lib.add_train_arguments(p, defaults, epochs=4.0, require_out=True)
     args = p.parse_args(argv)
-    if args.out is None:
-        p.error("--out is required")
     if not 0.0 <= args.hard_share <= 1.0:
         p.error(f"--hard-share must be in [0, 1], got {args.hard_share}")
     if args.num_negatives < 1:
@@ -113,9 +109,7 @@ def main(argv=None) -> dict:
     k = args.num_negatives
     if k > len(pool) - 1:
         raise SystemExit(f"--num-negatives {k} exceeds the {len(pool) - 1} non-gold training entities")
-    if args.max_steps is None:
-        args.max_steps = config_lib.steps_for_epochs(args.epochs, len(train_mentions), args.batch_size, args.grad_accum)
-    config = config_lib.config_from_args(args)
+    config = config_lib.config_from_args(args, num_examples=len(train_mentions))
 
     encode_entities = jax.jit(lambda p, i, m: ret.encode_entities(p, i, m))
     encode_mentions = jax.jit(lambda p, i, m: ret.encode_mentions(p, i, m))
@@ -201,7 +195,7 @@ def main(argv=None) -> dict:
             results[split] = {**recall, "mentions": len(ranked)}
             logger.info("%s: %s", split, results[split])
     results.update(
-        scorer=args.scorer, hard_share=args.hard_share, negatives=args.negatives, steps=args.max_steps,
+        scorer=args.scorer, hard_share=args.hard_share, negatives=args.negatives, steps=config.max_steps,
         seed=args.seed, **metrics.run_summary(out, result.time_split), eval_s=time.perf_counter() - started,
         config={**config.to_dict(), **extra},
     )  # fmt: skip
