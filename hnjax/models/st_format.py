@@ -41,6 +41,7 @@ import numpy as np
 from safetensors import numpy as safetensors_numpy
 
 from hnjax import scorers
+from hnjax.models import poolers
 
 MODULES_FILE = "modules.json"
 ST_CONFIG_FILE = "sentence_bert_config.json"
@@ -178,11 +179,11 @@ def pool(mode: str, hidden: jax.Array, mask: jax.Array) -> jax.Array:
     m = mask.astype(bool)
     mf = m.astype(jnp.float32)
     if mode == "cls":
-        return h[:, 0]
-    if mode in ("mean", "mean_sqrt_len_tokens"):
-        total = jnp.einsum("bld,bl->bd", h, mf)
-        count = jnp.maximum(mf.sum(axis=1), 1e-9)[:, None]
-        return total / (count if mode == "mean" else jnp.sqrt(count))
+        return poolers.cls(h, m)
+    if mode == "mean":
+        return poolers.mean(h, m)
+    if mode == "mean_sqrt_len_tokens":
+        return jnp.einsum("bld,bl->bd", h, mf) / jnp.sqrt(jnp.maximum(mf.sum(axis=1), 1e-9))[:, None]
     if mode == "max":
         return jnp.where(m[..., None], h, -jnp.inf).max(axis=1)
     if mode == "weightedmean":
