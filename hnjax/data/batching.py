@@ -6,8 +6,8 @@ pads the last, shorter batch with copies of a real row; the outputs of the copie
 those batches come from here.
 
 Example:
-    >>> [(idx.tolist(), n) for idx, n in padded_batches(5, 2)]
-    [([0, 1], 2), ([2, 3], 2), ([4, 4], 1)]
+  >>> [(idx.tolist(), n) for idx, n in padded_batches(5, 2)]
+  [([0, 1], 2), ([2, 3], 2), ([4, 4], 1)]
 """
 
 from __future__ import annotations

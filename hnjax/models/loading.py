@@ -6,8 +6,8 @@ name map, one :class:`ParamSpec` per tensor: our parameter path, the Hugging Fac
 transform (a Linear's [out, in] weight is our [in, out] kernel), in the style of MaxText's checkpoint converters.
 
 References:
-    Hugging Face transformers, ``BertModel`` / ``RobertaModel`` state-dict names.
-    MaxText, ``MaxText/llama_or_mistral_ckpt.py`` (declarative checkpoint conversion).
+  Hugging Face transformers, ``BertModel`` / ``RobertaModel`` state-dict names.
+  MaxText, ``MaxText/llama_or_mistral_ckpt.py`` (declarative checkpoint conversion).
 """
 
 from __future__ import annotations
@@ -62,9 +62,9 @@ class ParamSpec:
     """One entry of the name map.
 
     Attributes:
-        path: our parameter path inside the ``params`` tree.
-        hf_name: the tensor name in a Hugging Face base-model checkpoint (no "bert."/"roberta." prefix).
-        transform: a key of ``TRANSFORMS``.
+      path: our parameter path inside the ``params`` tree.
+      hf_name: the tensor name in a Hugging Face base-model checkpoint (no "bert."/"roberta." prefix).
+      transform: a key of ``TRANSFORMS``.
     """
 
     path: tuple[str, ...]
@@ -84,10 +84,10 @@ def hf_name_map(config: bert.EncoderConfig) -> tuple[ParamSpec, ...]:
     """The declarative map between :class:`hnjax.models.BertModel` parameters and Hugging Face tensors.
 
     Args:
-        config: encoder hyperparameters (the number of layers).
+      config: encoder hyperparameters (the number of layers).
 
     Returns:
-        One :class:`ParamSpec` per parameter of the encoder.
+      One :class:`ParamSpec` per parameter of the encoder.
     """
     specs = [
         ParamSpec(("embeddings", "word_embeddings", "embedding"), "embeddings.word_embeddings.weight"),
@@ -114,13 +114,13 @@ def load_safetensors(directory: str | os.PathLike) -> dict[str, np.ndarray]:
     """Reads every tensor of ``model.safetensors`` (or of the shards listed in ``model.safetensors.index.json``).
 
     Args:
-        directory: checkpoint directory.
+      directory: checkpoint directory.
 
     Returns:
-        Tensor name → NumPy array.
+      Tensor name → NumPy array.
 
     Raises:
-        FileNotFoundError: no weights file.
+      FileNotFoundError: no weights file.
     """
     directory = pathlib.Path(directory)
     single, index = directory / WEIGHTS_FILE, directory / WEIGHTS_INDEX_FILE
@@ -174,15 +174,15 @@ def params_from_hf(tensors: dict[str, np.ndarray], config: bert.EncoderConfig, *
     """Converts Hugging Face tensors to the encoder's ``params`` tree.
 
     Args:
-        tensors: tensor name → array, with or without a "bert."/"roberta." prefix.
-        config: encoder hyperparameters.
-        source: name used in error messages (the weights file).
+      tensors: tensor name → array, with or without a "bert."/"roberta." prefix.
+      config: encoder hyperparameters.
+      source: name used in error messages (the weights file).
 
     Returns:
-        Nested dict of float32 ``jax.Array``.
+      Nested dict of float32 ``jax.Array``.
 
     Raises:
-        ValueError: naming every missing, mis-shaped or unexpected encoder tensor.
+      ValueError: naming every missing, mis-shaped or unexpected encoder tensor.
     """
     tensors = _strip_prefixes(tensors, source)
     shapes = param_shapes(config)
@@ -219,7 +219,7 @@ def params_to_hf(params: dict, config: bert.EncoderConfig) -> dict[str, np.ndarr
     """Converts the encoder's ``params`` tree to Hugging Face base-model tensor names (float32 NumPy arrays).
 
     Raises:
-        ValueError: a parameter of the name map is missing from ``params`` or mis-shaped.
+      ValueError: a parameter of the name map is missing from ``params`` or mis-shaped.
     """
     shapes = param_shapes(config)
     out = {}
@@ -239,8 +239,8 @@ def load_encoder(directory: pathlib.Path) -> tuple[bert.EncoderConfig, dict, dic
     """``(config, params, tensors)`` of the encoder checkpoint in ``directory`` (tensors: all, prefixes removed).
 
     Raises:
-        FileNotFoundError: no config.json or weights.
-        ValueError: unknown model_type, or a missing / mis-shaped tensor (named).
+      FileNotFoundError: no config.json or weights.
+      ValueError: unknown model_type, or a missing / mis-shaped tensor (named).
     """
     config_path = directory / CONFIG_FILE
     if not config_path.is_file():
@@ -256,20 +256,20 @@ def from_pretrained(
     """Loads a BERT-family encoder from a local Hugging Face checkpoint.
 
     Args:
-        name_or_path: checkpoint directory or a name known to :func:`hnjax.data.pretrained.resolve_checkpoint`.
-        dtype: compute dtype (float32 or bfloat16); parameters are float32 either way.
-        remat: recompute layer activations in the backward pass.
+      name_or_path: checkpoint directory or a name known to :func:`hnjax.data.pretrained.resolve_checkpoint`.
+      dtype: compute dtype (float32 or bfloat16); parameters are float32 either way.
+      remat: recompute layer activations in the backward pass.
 
     Returns:
-        ``(model, params)``: a :class:`hnjax.models.BertModel` and its float32 ``params`` tree.
+      ``(model, params)``: a :class:`hnjax.models.BertModel` and its float32 ``params`` tree.
 
     Raises:
-        FileNotFoundError: no config.json or weights.
-        ValueError: unknown model_type, or a missing / mis-shaped tensor (named).
+      FileNotFoundError: no config.json or weights.
+      ValueError: unknown model_type, or a missing / mis-shaped tensor (named).
 
     Example:
-        >>> model, params = from_pretrained("all-MiniLM-L6-v2")  # doctest: +SKIP
-        >>> hidden = model.apply({"params": params}, ids, mask)  # doctest: +SKIP
+      >>> model, params = from_pretrained("all-MiniLM-L6-v2")  # doctest: +SKIP
+      >>> hidden = model.apply({"params": params}, ids, mask)  # doctest: +SKIP
     """
     root = pretrained.resolve_checkpoint(name_or_path)
     directory = st_format.encoder_dir(root)
@@ -299,10 +299,10 @@ def load_pooler(name_or_path: str | os.PathLike) -> dict | None:
     """The BERT pooler (dense layer on [CLS]) of a checkpoint, if it has one.
 
     Returns:
-        ``{"kernel": [D, D], "bias": [D]}`` float32 arrays, or None when the checkpoint has no pooler tensors.
+      ``{"kernel": [D, D], "bias": [D]}`` float32 arrays, or None when the checkpoint has no pooler tensors.
 
     Raises:
-        ValueError: only one of the two pooler tensors is present.
+      ValueError: only one of the two pooler tensors is present.
     """
     directory = st_format.encoder_dir(pretrained.resolve_checkpoint(name_or_path))
     tensors = _strip_prefixes(load_safetensors(directory), str(directory))
@@ -323,8 +323,8 @@ def load_head(name_or_path: str | os.PathLike, config: bert.EncoderConfig) -> tu
     """The cross-encoder head layers a checkpoint holds: BERT's pooler, a one-label classifier (or RoBERTa's head).
 
     Returns:
-        ``(params, used, ignored)``: ``params`` with ``"pooler"`` and/or ``"score"`` (``{"kernel", "bias"}``
-        float32 NumPy), and one line per tensor group used or ignored (see :mod:`hnjax.models.seq_cls`).
+      ``(params, used, ignored)``: ``params`` with ``"pooler"`` and/or ``"score"`` (``{"kernel", "bias"}``
+      float32 NumPy), and one line per tensor group used or ignored (see :mod:`hnjax.models.seq_cls`).
     """
     directory = st_format.encoder_dir(pretrained.resolve_checkpoint(name_or_path))
     tensors = _strip_prefixes(load_safetensors(directory), str(directory))
@@ -347,14 +347,14 @@ def init_cross_encoder_head(
     What was taken, what starts random and what was ignored is logged.
 
     Args:
-        config: encoder hyperparameters (width D, default dropout).
-        key: PRNG key for the parameters not found in the checkpoint.
-        checkpoint: optional checkpoint directory or known name to take the head's layers from.
-        dropout_rate: dropout before the score layer; defaults to ``config.hidden_dropout_prob``.
-        pooling: what the pooler reads: ``"cls"`` (BERT's pooled output) or ``"mean"`` (masked mean of the states).
+      config: encoder hyperparameters (width D, default dropout).
+      key: PRNG key for the parameters not found in the checkpoint.
+      checkpoint: optional checkpoint directory or known name to take the head's layers from.
+      dropout_rate: dropout before the score layer; defaults to ``config.hidden_dropout_prob``.
+      pooling: what the pooler reads: ``"cls"`` (BERT's pooled output) or ``"mean"`` (masked mean of the states).
 
     Returns:
-        ``(head, params)``.
+      ``(head, params)``.
     """
     rate = config.hidden_dropout_prob if dropout_rate is None else dropout_rate
     head = poolers.CrossEncoderHead(dropout_rate=rate, pooling=pooling)
@@ -385,15 +385,15 @@ def save_pretrained(
     """Writes a checkpoint that :func:`from_pretrained` and ``transformers.AutoModel`` both load.
 
     Args:
-        path: output directory (created).
-        config: encoder hyperparameters, written as ``config.json``.
-        params: encoder ``params`` tree, written as ``model.safetensors`` under Hugging Face names.
-        tokenizer_from: a checkpoint directory (or known name) whose tokenizer files are copied along.
-        pooler: optional ``{"kernel", "bias"}`` of a trained BERT pooler (e.g. a :class:`CrossEncoderHead`'s
-            ``params["pooler"]``), written as ``pooler.dense.*``.
+      path: output directory (created).
+      config: encoder hyperparameters, written as ``config.json``.
+      params: encoder ``params`` tree, written as ``model.safetensors`` under Hugging Face names.
+      tokenizer_from: a checkpoint directory (or known name) whose tokenizer files are copied along.
+      pooler: optional ``{"kernel", "bias"}`` of a trained BERT pooler (e.g. a :class:`CrossEncoderHead`'s
+        ``params["pooler"]``), written as ``pooler.dense.*``.
 
     Returns:
-        The output directory.
+      The output directory.
     """
     out = pathlib.Path(path)
     tensors = params_to_hf(params, config)
