@@ -468,6 +468,27 @@ def paired_comparison(correct_a: Any, correct_b: Any) -> dict[str, float | int]:
     }
 
 
+def sts_cosine_agreement(sets: Mapping[str, Any], vectors_a: Mapping[str, Any], vectors_b: Mapping[str, Any]) -> dict:
+    """How closely two embedding pipelines agree on STS sets: per set, max over its pairs of |cos_a − cos_b|.
+
+    Args:
+      sets: set name → ``hnjax.data.sts.STSSet`` (its subsets' sentence pairs).
+      vectors_a, vectors_b: sentence → vector [D] of each pipeline, covering every sentence of ``sets``.
+
+    Returns:
+      ``{set name: float}``, the largest difference of a pair's cosine similarity between the two pipelines.
+
+    Raises:
+      KeyError: a sentence of a set has no vector in one of the pipelines.
+    """
+    out = {}
+    for name, s in sets.items():
+        pairs = [p for sub in s.subsets.values() for p in zip(sub.sentences1, sub.sentences2)]
+        cos = [cosine_similarity([v[a] for a, _ in pairs], [v[b] for _, b in pairs]) for v in (vectors_a, vectors_b)]
+        out[name] = float(np.max(np.abs(cos[0] - cos[1])))
+    return out
+
+
 def evaluate_sts(
     embed_fn: Callable[[Sequence[str]], Any],
     sets: Mapping[str, Any],

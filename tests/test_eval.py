@@ -262,6 +262,25 @@ def _toy_sets(rng):
     }
 
 
+def test_sts_cosine_agreement_is_the_largest_pair_cosine_difference():
+    rng = np.random.default_rng(11)
+    sets = _toy_sets(rng)
+    sentences = {s for st_ in sets.values() for p in st_.subsets.values() for s in p.sentences1 + p.sentences2}
+    a = {s: rng.normal(size=6) for s in sentences}
+    b = {s: v + 0.05 * rng.normal(size=6) for s, v in a.items()}
+    got = ev.sts_cosine_agreement(sets, a, b)
+    assert set(got) == set(sets)
+    for name, st_ in sets.items():
+        diffs = [
+            abs(float(np.dot(a[x], a[y]) / np.linalg.norm(a[x]) / np.linalg.norm(a[y]))
+                - float(np.dot(b[x], b[y]) / np.linalg.norm(b[x]) / np.linalg.norm(b[y])))
+            for p in st_.subsets.values()
+            for x, y in zip(p.sentences1, p.sentences2)
+        ]  # fmt: skip
+        assert got[name] == pytest.approx(max(diffs), rel=1e-9, abs=1e-12)
+    assert ev.sts_cosine_agreement(sets, a, a) == {name: 0.0 for name in sets}
+
+
 def test_evaluate_sts_matches_reference():
     rng = np.random.default_rng(7)
     sets = _toy_sets(rng)
