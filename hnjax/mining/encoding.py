@@ -19,6 +19,7 @@ import numpy as np
 import tqdm
 
 from hnjax import distributed
+from hnjax.data import batching
 
 
 def num_rows(data) -> int | None:
@@ -57,20 +58,18 @@ def _take(data, rows: range):
 
 
 def iter_batches(data, batch_size: int) -> Iterator[tuple[Any, int | None]]:
-    """Yields ``(batch, n_real)``: fixed-size slices (the last padded by repeating its final row) or given batches
+    """Yields ``(batch, n_real)``: fixed-size slices (the last padded by repeating its first row) or given batches
     (``n_real`` None: all rows are real)."""
     n = num_rows(data)
     if n is None:
         for batch in data:
             yield batch, None
         return
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        take = np.minimum(np.arange(start, start + batch_size), stop - 1)  # pad: one compiled shape
+    for take, n_real in batching.padded_batches(n, batch_size):  # the last batch padded: one compiled shape
         if isinstance(data, dict):
-            yield {k: np.asarray(v)[take] for k, v in data.items()}, stop - start
+            yield {k: np.asarray(v)[take] for k, v in data.items()}, n_real
         else:
-            yield np.asarray(data)[take], stop - start
+            yield np.asarray(data)[take], n_real
 
 
 def encode(encode_fn: Callable, params, data, *, batch_size: int = 256, desc: str = "encode", progress: bool = True):

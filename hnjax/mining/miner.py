@@ -124,7 +124,7 @@ class Miner:
                 f"asynchronous: background refreshes gather across processes at unpredictable times, which a run over "
                 f"{jax.process_count()} processes cannot do; use synchronous refreshes (asynchronous=False)"
             )
-        index_lib._check_metric(metric)
+        index_lib.check_metric(metric)
         self.encode_fn, self.query_encode_fn = encode_fn, query_encode_fn or encode_fn
         self.corpus, self.queries = corpus, queries
         self.num_negatives = int(num_negatives)

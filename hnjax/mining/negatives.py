@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hnjax import samplers
+from hnjax.data import batching
 from hnjax.mining import recipe as recipe_lib
 
 CHUNK = 1024  # queries per jitted call (padded: one compiled shape)
@@ -111,10 +112,10 @@ def _model_chunk(key, query_ids, scores, exclude, *, k, temperature, smoothing):
 
 
 def _chunks(n: int):
-    """Slices of at most CHUNK rows and the padding that brings each to CHUNK rows (none when n <= CHUNK)."""
-    for start in range(0, n, CHUNK):
-        sl = slice(start, min(start + CHUNK, n))
-        yield sl, (CHUNK - (sl.stop - sl.start) if n > CHUNK else 0)
+    """``(slice, take)`` per chunk of at most CHUNK rows: ``take`` indexes the chunk's rows padded to CHUNK rows with
+    its first row (one compiled shape; no padding when n <= CHUNK)."""
+    for take, n_real in batching.padded_batches(n, min(CHUNK, max(n, 1))):
+        yield slice(int(take[0]), int(take[0]) + n_real), take
 
 
 def pick_from_shortlist(
@@ -149,11 +150,11 @@ def pick_from_shortlist(
     log_q = np.zeros((n_q, k), np.float32) if recipe.kind == "model" else None
     if n_hard == 0:
         return table, log_q
-    for sl, pad in _chunks(n_q):
-        sc = np.pad(np.where(np.isfinite(scores[sl]), scores[sl], 0.0), ((0, pad), (0, 0)))
-        ex = np.pad(exclude[sl], ((0, pad), (0, 0)))
+    for sl, take in _chunks(n_q):
+        sc = np.where(np.isfinite(scores[take]), scores[take], 0.0)
+        ex = exclude[take]
         if recipe.kind == "model":
-            qs = np.pad(np.asarray(query_ids[sl], np.int64), (0, pad))
+            qs = np.asarray(query_ids, np.int64)[take]
             pos, lq = _model_chunk(key, qs, sc, ex, k=k, temperature=recipe.temperature, smoothing=recipe.smoothing)
         else:
             pos, lq = _top_k_chunk(sc, ex, k=n_hard)
@@ -180,8 +181,8 @@ def _random_bits(key, query_ids, *, width):
 def _random_uint64(key: jax.Array, query_ids: np.ndarray, width: int) -> np.ndarray:
     """``[q, width]`` uint64 random words per query (two 32-bit draws each, so modulo bias is below 2^-32)."""
     out = np.empty((len(query_ids), width), np.uint64)
-    for sl, pad in _chunks(len(query_ids)):
-        qs = np.pad(np.asarray(query_ids[sl], np.int64), (0, pad))
+    for sl, take in _chunks(len(query_ids)):
+        qs = np.asarray(query_ids, np.int64)[take]
         words = np.asarray(_random_bits(key, qs, width=width))[: sl.stop - sl.start].astype(np.uint64)
         out[sl] = (words[..., 0] << np.uint64(32)) | words[..., 1]
     return out
