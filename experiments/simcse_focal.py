@@ -131,9 +131,11 @@ def main(argv=None) -> dict:
 
     extra = {k: getattr(args, k) for k in ("corpus", "loss", "model", "pooling", "temperature", "margin",
                                            "max_length", "dtype")}  # fmt: skip
-    if args.start_eval and not args.resume:  # evaluate the starting point too, so the curve starts at step 0
+    if (args.start_eval or args.max_steps == 0) and not args.resume:  # the curve starts at step 0
         os.makedirs(out, exist_ok=True)
-        start = {"step": 0, "stsb_dev_spearman": dev_spearman(encoder_params)}
+        # With --max-steps 0 the starting encoder is the one selected and evaluated in full.
+        value = eval_fn(params, 0)["stsb_dev_spearman"] if args.max_steps == 0 else dev_spearman(encoder_params)
+        start = {"step": 0, "stsb_dev_spearman": value}
         (out / "dev_start.json").write_text(json.dumps(start))
     result = loop.fit(config, params=params, loss_fn=net.loss_fn, batch_fn=batch_fn, num_examples=len(corpus),
                       eval_fn=eval_fn, extra_config=extra)  # fmt: skip

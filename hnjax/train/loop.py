@@ -352,7 +352,7 @@ def fit(
                 batch = prepare(step)
         if eval_fn is not None and step > start_step and (not evals or evals[-1]["step"] != step):
             evaluate(step)
-        if checkpoints is not None and last_saved != step:
+        if checkpoints is not None and last_saved != step and step > 0:  # no checkpoint of an untrained model
             save(step)
             last_saved = step
         if miner is not None:
