@@ -109,7 +109,7 @@ def plot_curve(curve: list[dict], path: pathlib.Path, lines: dict[str, float], t
     ax.plot([c["step"] for c in curve], [c["accuracy"] for c in curve], marker="o", label="reranker")
     for (label, value), style in zip(lines.items(), ("--", ":", "-.")):
         ax.axhline(value, linestyle=style, color="gray", label=f"{label} {value:.3f}")
-    ax.set(xlabel="step", ylabel="validation accuracy (unnormalized)", title=title, ylim=(0, 1.02))
+    ax.set(xlabel="step", ylabel="accuracy (unnormalized)", title=title, ylim=(0, 1.02))
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
@@ -185,7 +185,7 @@ def main(argv=None) -> dict:
         return {"accuracy": table["unnormalized_accuracy"], "normalized_accuracy": table["normalized_accuracy"]}
 
     periodic = curve_split is not None and args.eval_every > 0
-    if periodic and not (args.resume and (out / "eval.jsonl").exists()):  # the curve starts at step 0
+    if periodic and not (out / "checkpoints").is_dir():  # a fresh run: the curve starts at step 0
         out.mkdir(parents=True, exist_ok=True)
         (out / "eval.jsonl").write_text(json.dumps({"step": 0, **eval_fn(params, 0)}) + "\n")
     extra = {k_: getattr(args, k_) for k_ in ("data", "candidates", "model", "num_candidates", "max_length",

@@ -19,7 +19,8 @@ arrays of the K pairs of a batch of mentions), :func:`rerank` (scores of candida
 Example (from your own JAX code; ``data`` a loaded :class:`hnjax.data.zeshel.Zeshel`)::
 
     cross, params = reranker.from_pretrained("all-MiniLM-L6-v2", jax.random.key(0), prior=True)
-    lists, priors = zeshel.read_candidates("run/candidates/val.jsonl", data, "val", k=8)
+    lists, scores = zeshel.read_candidates("run/candidates/val.jsonl", data, "val", k=8)
+    priors = [reranker.standardize(s) for s in scores]
     pairs = reranker.PairBuilder(tokenizer, data, length=64)
     scores = reranker.rerank(jax.jit(cross.batch_scores), params, pairs, data.mentions["val"], lists, priors)
     table = reranker.accuracies(reranker.prediction_rows(data.mentions["val"], lists, scores))

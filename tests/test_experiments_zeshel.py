@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import pathlib
 import shutil
 
@@ -221,3 +222,55 @@ def test_reranker_learns_on_a_toy(tiny, tmp_path):
     assert last >= first + 0.3 and last >= 0.8, curve  # over the mentions whose gold the retriever listed
     assert results["train"]["normalized_accuracy"] == pytest.approx(last, abs=1e-12)
     assert (out / "val_accuracy.png").is_file()
+
+
+pipeline_script = _load("zeshel_pipeline")
+demo_table = _load("demo_table")
+
+
+def test_pipeline_runs_both_stages_and_compares_them(tiny, tmp_path):
+    out = tmp_path / "pipe"
+    report = pipeline_script.main([
+        "--data", str(tiny["data"]), "--model", str(tiny["ckpt"]), "--out", str(out), "--scorer", "som",
+        "--retriever-steps", "2", "--num-candidates", "3", "--reranker-steps", "2", "--untrained-baseline",
+        "--retriever-args", f"--num-negatives 3 --batch-size 4 --max-length {LENGTH}",
+        "--reranker-args", f"--max-length {LENGTH} --batch-size 2", "--no-progress",
+    ])  # fmt: skip
+    assert json.loads((out / "pipeline.json").read_text()) == report
+    pooled = {"ret": [], "rr": []}
+    for split in ("val", "test"):
+        gold = _gold(tiny["data"], split)
+        top = {
+            r["mention_id"]: r["candidates"][:3] for r in _lines(out / "retriever" / "candidates" / f"{split}.jsonl")
+        }
+        pred = {p["mention_id"]: p for p in _lines(out / "reranker" / "predictions" / f"{split}.jsonl")}
+        ret = np.array([top[m][0] == g for m, g in gold.items()])
+        rr = np.array([pred[m]["prediction"] == g for m, g in gold.items()])
+        r = report[split]
+        assert r["retriever_r1"] == pytest.approx(ret.mean(), abs=1e-12)
+        assert r["reranker_accuracy"] == pytest.approx(rr.mean(), abs=1e-12)
+        assert r["retriever_rk"] == pytest.approx(np.mean([g in top[m] for m, g in gold.items()]), abs=1e-12)
+        assert (r["only_retriever"], r["only_reranker"]) == (int((ret & ~rr).sum()), int((rr & ~ret).sum()))
+        start = json.loads((out / "retriever-start" / "results.json").read_text())
+        assert r["retriever_r1_untrained"] == start[split]["recall@1"]
+        pooled["ret"].extend(ret)
+        pooled["rr"].extend(rr)
+    ret, rr = np.array(pooled["ret"]), np.array(pooled["rr"])
+    n, low = int((ret != rr).sum()), int(min((ret & ~rr).sum(), (rr & ~ret).sum()))
+    expected = min(1.0, 2 * sum(math.comb(n, i) for i in range(low + 1)) / 2**n) if n else 1.0
+    assert report["pooled"]["mcnemar_p"] == pytest.approx(expected, rel=1e-12)
+    assert not (out / "retriever-start" / "checkpoints").exists() or not any(
+        (out / "retriever-start" / "checkpoints").iterdir()
+    )  # --max-steps 0 trains and saves nothing
+
+
+def test_demo_table(tmp_path):
+    (tmp_path / "bias").mkdir()
+    (tmp_path / "pipeline").mkdir()
+    (tmp_path / "bias" / "results.json").write_text(json.dumps({"hard_bias": [0.5, 0.02], "random_bias": [0.5, 0.3]}))
+    row = {"retriever_r1_untrained": 0.4, "retriever_r1": 0.7, "reranker_accuracy": 0.9, "mcnemar_p": 0.001}
+    report = {"val": row, "test": row, "retriever_steps": 20, "reranker_steps": 60}
+    (tmp_path / "pipeline" / "pipeline.json").write_text(json.dumps(report))
+    text = demo_table.main([str(tmp_path)])
+    assert "step 2" in text and "hard negatives 0.0200, random negatives 0.3000" in text
+    assert "| val | 0.400 -> 0.700 | 0.900 | 0.001 |" in text
