@@ -12,6 +12,7 @@ after the pipeline's own choices, so they win. Run (from the repository root):
 
     python -m hnjax.data.synthetic runs/zs/data --names-per-world 30 --namesakes 10
     python experiments/zeshel_pipeline.py --data runs/zs/data --out runs/zp --scorer dual --num-candidates 8
+    python experiments/zeshel_pipeline.py --data runs/zs/data --compare runs/zp/retriever runs/zp/reranker  # table only
 
 Writes OUT/pipeline.json ({"val"|"test"|"pooled": {"retriever_r1", "retriever_rk", "reranker_accuracy", ...,
 "only_retriever", "only_reranker", "mcnemar_p"}}) and prints a Markdown table.
@@ -39,7 +40,9 @@ SPLITS = ("val", "test")
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="folder in the Zeshel layout (documents/, mentions/)")
-    p.add_argument("--out", required=True, help="output folder (retriever/, reranker/, pipeline.json)")
+    p.add_argument("--out", help="output folder (retriever/, reranker/, pipeline.json)")
+    p.add_argument("--compare", nargs=2, metavar=("RETRIEVER", "RERANKER"),
+                   help="only compare two finished stage folders (no training; prints the table)")  # fmt: skip
     p.add_argument("--model", default="all-MiniLM-L6-v2", help="checkpoint of both stages")
     p.add_argument("--scorer", default="dual", help="retriever score function (default dual)")
     p.add_argument("--hard-share", default="0.5", help="retriever's share of hard negatives (default 0.5)")
@@ -52,7 +55,10 @@ def parse_args(argv=None):
     p.add_argument("--reranker-args", default="", help="more reranker flags, one quoted string")
     p.add_argument("--resume", action="store_true", help="continue both stages (a finished stage only re-evaluates)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.out is None and args.compare is None:
+        p.error("--out is required (or --compare RETRIEVER RERANKER)")
+    return args
 
 
 def compare(data: zeshel.Zeshel, retriever_dir: pathlib.Path, reranker_dir: pathlib.Path, k: int) -> dict:
@@ -73,6 +79,9 @@ def compare(data: zeshel.Zeshel, retriever_dir: pathlib.Path, reranker_dir: path
             rr.append(p["prediction"] == m.label_document_id)
             covered.append(m.label_document_id in cands)
         report[split] = _row(ret, rr, covered)
+        results = json.loads((reranker_dir / "results.json").read_text()).get(split, {})
+        report[split].update(ceiling=results.get("ceiling"), reranker_normalized_accuracy=results.get(
+            "normalized_accuracy"))  # fmt: skip
         for key, values in (("ret", ret), ("rr", rr), ("covered", covered)):
             pooled[key].extend(values)
     report["pooled"] = _row(pooled["ret"], pooled["rr"], pooled["covered"])
@@ -90,6 +99,11 @@ def _row(ret: list[bool], rr: list[bool], covered: list[bool]) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.compare:
+        retriever_dir, reranker_dir = map(pathlib.Path, args.compare)
+        report = compare(zeshel.load_zeshel(args.data), retriever_dir, reranker_dir, int(args.num_candidates))
+        print(format_table(report, int(args.num_candidates)))
+        return report
     out = pathlib.Path(args.out)
     common = ["--data", args.data, "--model", args.model, "--seed", args.seed, "--no-tensorboard"]
     common += [] if args.progress else ["--no-progress"]
@@ -113,11 +127,8 @@ def main(argv=None) -> dict:
     k = rr_results["num_candidates"]
     report = compare(zeshel.load_zeshel(args.data), out / "retriever", out / "reranker", k)
     for split in SPLITS:
-        if split in report:
-            report[split]["ceiling"] = rr_results[split].get("ceiling")
-            report[split]["reranker_normalized_accuracy"] = rr_results[split]["normalized_accuracy"]
-            if start is not None:
-                report[split]["retriever_r1_untrained"] = start[split]["recall@1"]
+        if split in report and start is not None:
+            report[split]["retriever_r1_untrained"] = start[split]["recall@1"]
     report["retriever_steps"], report["reranker_steps"] = r_results["steps"], rr_results["steps"]
     (out / "pipeline.json").write_text(json.dumps(report, indent=1))
     print(format_table(report, k))
