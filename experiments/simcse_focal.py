@@ -2,7 +2,8 @@
 
 Trains a sentence encoder on a plain-text corpus (one sentence per line) with two dropout views per sentence and
 in-batch negatives, evaluates Spearman on the STS-B dev set every --eval-every steps, keeps the best encoder in
-OUT/best (Hugging Face layout: `experiments/sts_eval.py --model OUT/best --pooling cls` evaluates it), and finally
+OUT/best (a sentence-transformers folder with the evaluated pooling: `SentenceTransformer("OUT/best").encode(...)`
+gives the vectors that were evaluated; `experiments/sts_eval.py --model OUT/best` evaluates it too), and finally
 evaluates the best encoder on every STS set found under --sts-dev and --sts-data.
 
 Paper defaults (BERT-base): 1 epoch, batch 64, max length 32, lr 3e-5, τ = 0.05, m = 0.3, [CLS] + MLP in training
@@ -31,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hnjax import embed, models, simcse
+from hnjax import embed, export, models, plots, simcse
 from hnjax import eval as ev
 from hnjax.data import sts, text, tokenize
 from hnjax.train import config as config_lib
@@ -39,6 +40,7 @@ from hnjax.train import loop, metrics
 
 logger = logging.getLogger("simcse_focal")
 BEST_INFO = "hnjax_best.json"
+EVAL_MAX_LENGTH = 128  # tokens per sentence when evaluating on STS (and in the exported OUT/best)
 
 
 def parse_args(argv=None):
@@ -58,29 +60,11 @@ def parse_args(argv=None):
     p.add_argument("--no-start-eval", dest="start_eval", action="store_false",
                    help="do not evaluate the starting encoder (step 0 of the dev curve)")  # fmt: skip
     defaults = config_lib.TrainConfig(batch_size=64, lr=3e-5, eval_every=125, max_steps=1)
-    config_lib.add_train_arguments(p, defaults)
-    p.set_defaults(max_steps=None)
+    config_lib.add_train_arguments(p, defaults, epochs=1.0, require_out=True)
     args = p.parse_args(argv)
-    if args.out is None:
-        p.error("--out is required")
     if args.max_length < 4:
         p.error(f"--max-length must be >= 4, got {args.max_length}")
     return args
-
-
-def plot_curve(curve: list[dict], path: str, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot([c["step"] for c in curve], [c["stsb_dev_spearman"] for c in curve], marker="o")
-    ax.set(xlabel="step", ylabel="STS-B dev Spearman ×100", title=title)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def main(argv=None) -> dict:
@@ -88,9 +72,7 @@ def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     out = pathlib.Path(args.out)
     corpus = text.LineCorpus(args.corpus)
-    if args.max_steps is None:
-        args.max_steps = math.ceil(len(corpus) / (args.batch_size * args.grad_accum))  # one epoch
-    config = config_lib.config_from_args(args)
+    config = config_lib.config_from_args(args, num_examples=len(corpus))
 
     model_dir = models.resolve_checkpoint(args.model)
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
@@ -116,7 +98,7 @@ def main(argv=None) -> dict:
 
     def dev_spearman(encoder_params) -> float:
         embed_fn = lambda s: embed.encode_sentences(  # noqa: E731
-            encoder, encoder_params, tokenizer, s, batch_size=args.eval_batch_size, max_length=128,
+            encoder, encoder_params, tokenizer, s, batch_size=args.eval_batch_size, max_length=EVAL_MAX_LENGTH,
             encode_fn=dev_encode, progress=False,
         )  # fmt: skip
         return ev.evaluate_sts(embed_fn, dev_sets, geometry=False)["STSBenchmark-dev"]["spearman"]
@@ -125,7 +107,7 @@ def main(argv=None) -> dict:
         value = dev_spearman(p["encoder"])
         if value > best["stsb_dev_spearman"]:
             best.update(stsb_dev_spearman=value, step=step)
-            models.save_pretrained(best_path, encoder.config, jax.device_get(p["encoder"]), tokenizer_from=model_dir)
+            export.export_simcse(best_path, net, p, tokenizer_from=model_dir, max_seq_length=EVAL_MAX_LENGTH)
             (best_path / BEST_INFO).write_text(json.dumps({**best, "pooling": args.pooling}))
         return {"stsb_dev_spearman": value}
 
@@ -148,7 +130,8 @@ def main(argv=None) -> dict:
     best_model, best_params = models.from_pretrained(best_path)
     final = ev.evaluate_sts(
         lambda s: embed.encode_sentences(best_model, best_params, tokenizer, s, pooling=args.pooling,
-                                         batch_size=args.eval_batch_size, progress=False),
+                                         batch_size=args.eval_batch_size, max_length=EVAL_MAX_LENGTH,
+                                         progress=False),
         final_sets,
     )  # fmt: skip
     curve_path = out / "dev_start.json"
@@ -159,7 +142,7 @@ def main(argv=None) -> dict:
     results = {
         "loss": args.loss,
         "seed": args.seed,
-        "steps": args.max_steps,
+        "steps": config.max_steps,
         "best_dev_spearman": best["stsb_dev_spearman"],
         "best_step": best["step"],
         "dev_curve": curve,
@@ -170,7 +153,7 @@ def main(argv=None) -> dict:
         "devices": jax.device_count(),
     }
     metrics.write_results(out, results)
-    plot_curve(curve, str(out / "dev_spearman.png"), f"{args.loss}, seed {args.seed}")
+    plots.dev_curve(curve, str(out / "dev_spearman.png"), f"{args.loss}, seed {args.seed}")
     logger.info("best STS-B dev Spearman %.2f at step %s; results in %s", best["stsb_dev_spearman"], best["step"], out)
     return results
 

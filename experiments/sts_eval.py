@@ -8,12 +8,16 @@ setting (Spearman over the pairs of all subsets together) with "mean"/"wmean" an
 Run (from the repository root):
 
     python experiments/sts_eval.py --model all-MiniLM-L6-v2 --data DIR --out sts.json
-    python experiments/sts_eval.py --model runs/simcse/best --pooling cls --data DIR --out sts.json
+    python experiments/sts_eval.py --model runs/simcse/best --data DIR --out sts.json   # its modules.json: cls
+    # a sentence-transformers folder (e.g. runs/simcse/best) against SentenceTransformer(folder).encode:
+    python experiments/sts_eval.py --model runs/simcse/best --data DIR --sets STSBenchmark-dev \
+        --reference-sentence-transformers --out sts_st.json
     # parity with the PyTorch pipeline (transformers + the same pooling; needs torch):
     python experiments/sts_eval.py --model all-MiniLM-L6-v2 --data DIR --sets STSBenchmark-dev --reference-torch \
         --out sts_parity.json
 
-Output: {"<set>": {"spearman": float, "pairs": int, ...}, ...}; with --reference-torch each set also holds
+Output: {"<set>": {"spearman": float, "pairs": int, ...}, ...}; with --reference-torch (or
+--reference-sentence-transformers) each set also holds
 "spearman_torch", "spearman_diff" (hnjax − torch) and "cosine_max_abs_diff" (largest difference of a pair's
 cosine between the two pipelines).
 """
@@ -56,13 +60,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--pooling",
         choices=sorted(embed.POOLINGS),
-        default="mean",
-        help="sentence vector: masked mean of the last hidden states (default; how all-MiniLM-L6-v2 is used) or the "
-        "first token's state (SimCSE-style encoders)",
+        default=None,
+        help="sentence vector: masked mean of the last hidden states or the first token's state (SimCSE-style "
+        "encoders); default: the checkpoint's sentence-transformers pipeline (modules.json: pooling, Dense, "
+        "Normalize) when it has one, else mean",
     )
     p.add_argument("--batch-size", type=int, default=64, help="sentences per encoder call (default 64)")
     p.add_argument(
-        "--max-length", type=int, default=128, help="tokens per sentence, special tokens included (default 128)"
+        "--max-length",
+        type=int,
+        default=None,
+        help="tokens per sentence, special tokens included (default: the sentence-transformers folder's "
+        "max_seq_length, else 128)",
     )
     p.add_argument(
         "--normalize",
@@ -82,11 +91,17 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="also score every set with PyTorch transformers (same tokenizer, pooling and max length) and report "
         "spearman_torch and spearman_diff; needs torch",
     )
+    p.add_argument(
+        "--reference-sentence-transformers",
+        action="store_true",
+        help="as --reference-torch, with SentenceTransformer(--model).encode (its own modules.json pipeline and "
+        "max_seq_length) as the reference; needs sentence-transformers",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = p.parse_args(argv)
     if args.batch_size < 1:
         p.error(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.max_length < 2:
+    if args.max_length is not None and args.max_length < 2:
         p.error(f"--max-length must be >= 2, got {args.max_length}")
     return args
 
@@ -124,6 +139,17 @@ def torch_embed_fn(model_name: str, *, pooling: str, max_length: int, batch_size
     return embed_fn
 
 
+def st_embed_fn(model_name: str, *, batch_size: int, progress: bool):
+    """Sentence vectors from sentence-transformers itself, offline (not used by hnjax itself)."""
+    import sentence_transformers
+
+    directory = str(models.resolve_checkpoint(model_name))
+    net = sentence_transformers.SentenceTransformer(directory, device="cpu", local_files_only=True)
+    return lambda sentences: net.encode(
+        list(sentences), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=progress
+    )
+
+
 def capture(embed_fn, store: dict):
     """Wraps an embedding function so that it also records sentence → vector in `store`."""
 
@@ -142,9 +168,20 @@ def main(argv=None) -> dict:
     logger.info("sets: %s", {name: s.pairs for name, s in sets.items()})
 
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
-    model, params = models.from_pretrained(args.model, dtype=dtype)
+    pretrained = models.load_pretrained(args.model, dtype=dtype)
+    model, params = pretrained.model, pretrained.params
     tokenizer = tokenize.load_tokenizer(args.model)
-    encode_fn = embed.make_encode_fn(model, pooling=args.pooling, normalize=args.normalize)
+    pipeline = pretrained.pipeline if args.pooling is None else None
+    if pipeline is not None:
+        logger.info("embedding: the checkpoint's sentence-transformers pipeline, %s", pipeline.describe())
+        if args.reference_torch and (pipeline.dense or len(pipeline.pooling) > 1 or pipeline.pooling[0] not in
+                                     embed.POOLINGS):  # fmt: skip
+            raise SystemExit(f"--reference-torch implements {sorted(embed.POOLINGS)} pooling only; pass --pooling")
+    args.pooling = args.pooling or (pipeline.pooling[0] if pipeline is not None else "mean")
+    if args.max_length is None:
+        folder_length = pretrained.pipeline.max_seq_length if pretrained.pipeline is not None else None
+        args.max_length = folder_length or 128
+    encode_fn = embed.make_encode_fn(model, pooling=args.pooling, normalize=args.normalize, pipeline=pipeline)
 
     def embed_fn(sentences):
         return embed.encode_sentences(
@@ -163,26 +200,26 @@ def main(argv=None) -> dict:
     results = ev.evaluate_sts(capture(embed_fn, ours), sets, geometry=not args.no_geometry)
     logger.info("hnjax evaluation took %.1f s", time.perf_counter() - t0)
 
-    if args.reference_torch:
+    if args.reference_torch or args.reference_sentence_transformers:
         t0 = time.perf_counter()
-        ref_fn = torch_embed_fn(
-            args.model,
-            pooling=args.pooling,
-            max_length=args.max_length,
-            batch_size=args.batch_size,
-            progress=not args.no_progress,
-        )
+        if args.reference_sentence_transformers:
+            ref_fn = st_embed_fn(args.model, batch_size=args.batch_size, progress=not args.no_progress)
+        else:
+            ref_fn = torch_embed_fn(
+                args.model,
+                pooling=args.pooling,
+                max_length=args.max_length,
+                batch_size=args.batch_size,
+                progress=not args.no_progress,
+            )
         theirs = {}
         reference = ev.evaluate_sts(capture(ref_fn, theirs), sets, geometry=False)
         logger.info("torch evaluation took %.1f s", time.perf_counter() - t0)
         for name, entry in reference.items():
             results[name]["spearman_torch"] = entry["spearman"]
             results[name]["spearman_diff"] = results[name]["spearman"] - entry["spearman"]
-            if name not in sets:
-                continue
-            pairs = [p for sub in sets[name].subsets.values() for p in zip(sub.sentences1, sub.sentences2)]
-            cos = [ev.cosine_similarity([v[a] for a, _ in pairs], [v[b] for _, b in pairs]) for v in (ours, theirs)]
-            results[name]["cosine_max_abs_diff"] = float(np.max(np.abs(cos[0] - cos[1])))
+        for name, diff in ev.sts_cosine_agreement(sets, ours, theirs).items():
+            results[name]["cosine_max_abs_diff"] = diff
         diff = np.max(np.abs(np.stack(list(ours.values())) - np.stack([theirs[s] for s in ours])))
         logger.info("max |hnjax - torch| over %d sentence vectors: %.3g", len(ours), diff)
 

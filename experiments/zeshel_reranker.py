@@ -25,7 +25,9 @@ Run (from the repository root), after experiments/zeshel_retriever.py wrote RUN/
 Writes OUT/results.json ({"val": {"normalized_accuracy", "unnormalized_accuracy", "macro_normalized_accuracy",
 "macro_unnormalized_accuracy", "mentions", "mentions_with_gold", "first_stage_accuracy", "per_world", ["ceiling",
 "share_of_ceiling"]}, "test": {..}, ...}), OUT/metrics.jsonl, OUT/predictions/<split>.jsonl (lines {"mention_id",
-"world", "gold", "prediction", "candidates", "scores"}) and checkpoints for --resume.
+"world", "gold", "prediction", "candidates", "scores"}), checkpoints for --resume, and with --export OUT/export (a
+one-label sequence classifier: transformers' AutoModelForSequenceClassification and sentence-transformers'
+CrossEncoder load it; the paper's head only: --pooling cls --prior none).
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import pathlib
 import sys
 import time
@@ -41,7 +42,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from hnjax import models, reranker
+from hnjax import export, models, plots, reranker
 from hnjax.data import synthetic, tokenize, zeshel
 from hnjax.train import config as config_lib
 from hnjax.train import loop, metrics
@@ -80,15 +81,19 @@ def parse_args(argv=None):
     p.add_argument("--encoder-dropout", type=float, default=0.0,
                    help="hidden and attention dropout in the encoder (paper: the checkpoint's, 0.1)")  # fmt: skip
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="encoder compute dtype")
+    p.add_argument("--export", action="store_true",
+                   help="also write OUT/export: a one-label sequence classifier (CrossEncoder loads it); needs "
+                   "--pooling cls --prior none")  # fmt: skip
     defaults = config_lib.TrainConfig(batch_size=4, grad_accum=1, lr=5e-5, warmup=0.05, max_steps=1)
-    config_lib.add_train_arguments(p, defaults)
-    p.add_argument("--epochs", type=float, default=3.0, help="epochs when --max-steps is not given (default 3)")
-    p.set_defaults(max_steps=None)
+    config_lib.add_train_arguments(p, defaults, epochs=3.0, require_out=True)
     if "--paper" in (sys.argv[1:] if argv is None else argv):
         p.set_defaults(**PAPER)
     args = p.parse_args(argv)
-    if args.out is None:
-        p.error("--out is required")
+    if args.export and (args.pooling != "cls" or args.prior != "none"):
+        p.error(
+            "--export writes a one-label sequence classifier, whose head reads the pooled [CLS] alone: it needs "
+            f"--pooling cls --prior none (or --paper), got --pooling {args.pooling} --prior {args.prior}"
+        )
     if args.num_candidates < 1:
         p.error(f"--num-candidates must be >= 1, got {args.num_candidates}")
     if args.max_length < 8:
@@ -97,24 +102,6 @@ def parse_args(argv=None):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     return args
-
-
-def plot_curve(curve: list[dict], path: pathlib.Path, lines: dict[str, float], title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    ax.plot([c["step"] for c in curve], [c["accuracy"] for c in curve], marker="o", label="reranker")
-    for (label, value), style in zip(lines.items(), ("--", ":", "-.")):
-        ax.axhline(value, linestyle=style, color="gray", label=f"{label} {value:.3f}")
-    ax.set(xlabel="step", ylabel="accuracy (unnormalized)", title=title, ylim=(0, 1.02))
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def main(argv=None) -> dict:
@@ -159,9 +146,7 @@ def main(argv=None) -> dict:
     )  # fmt: skip
     pairs = reranker.PairBuilder(tokenize.load_tokenizer(model_dir), data, args.max_length,
                                  mention_length=args.mention_length)  # fmt: skip
-    if args.max_steps is None:
-        args.max_steps = max(1, math.ceil(args.epochs * len(train_mentions) / (args.batch_size * args.grad_accum)))
-    config = config_lib.config_from_args(args)
+    config = config_lib.config_from_args(args, num_examples=len(train_mentions))
     optimizer, schedule = reranker.make_optimizer(
         lr=config.lr, head_lr=args.head_lr, total_steps=config.schedule_steps, warmup=config.warmup,
         decay=config.decay, end_factor=config.end_lr_factor, weight_decay=config.weight_decay,
@@ -196,6 +181,8 @@ def main(argv=None) -> dict:
                       extra_config=extra)  # fmt: skip
     print(result.format_time_split())
     trained = jax.device_put(result.state.params)
+    if args.export:
+        export.export_reranker(out / "export", cross, trained, tokenizer_from=model_dir, max_length=args.max_length)
 
     # Evaluation: rerank the retrieved lists as they are (no gold inserted).
     results: dict = {}
@@ -231,8 +218,8 @@ def main(argv=None) -> dict:
         lines = {"retriever R@1": ref.get("first_stage_accuracy")} if args.eval_mentions is None else {}
         if args.eval_mentions is None and "ceiling" in ref:
             lines["ceiling"] = ref["ceiling"]
-        plot_curve(curve, out / "val_accuracy.png", {k_: v for k_, v in lines.items() if v is not None},
-                   f"reranker over the top {k}, {curve_split}")  # fmt: skip
+        plots.accuracy_curve(curve, str(out / "val_accuracy.png"), {k_: v for k_, v in lines.items() if v is not None},
+                             f"reranker over the top {k}, {curve_split}")  # fmt: skip
     return results
 
 

@@ -17,8 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from hnjax.data import tokenize
-from hnjax.models import poolers
+from hnjax import scorers
+from hnjax.data import batching, tokenize
+from hnjax.models import poolers, st_format
 
 logger = logging.getLogger(__name__)
 
@@ -27,10 +28,14 @@ POOLINGS: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {"mean": pool
 EncodeFn = Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array]
 
 
-def make_encode_fn(model: Any, *, pooling: str = "mean", normalize: bool = False) -> EncodeFn:
+def make_encode_fn(
+    model: Any, *, pooling: str = "mean", normalize: bool = False, pipeline: st_format.SentencePipeline | None = None
+) -> EncodeFn:
     """A jitted function `(params, input_ids, attention_mask, token_type_ids) -> vectors [B, D]`.
 
-    v_b = pool(encoder(x_b)), optionally v_b / max(‖v_b‖₂, 1e-12); computed deterministically (no dropout).
+    v_b = pool(encoder(x_b)), optionally v_b / max(‖v_b‖₂, 1e-8) (:func:`hnjax.scorers.l2_normalize`); computed
+    deterministically (no dropout). With a `pipeline` (e.g. `hnjax.models.load_pretrained(path).pipeline` of a
+    sentence-transformers folder), v_b = pipeline.apply(encoder(x_b)): its pooling, Dense layers and normalisation.
 
     Args:
       model: a Flax encoder with `apply({"params": params}, input_ids, attention_mask, token_type_ids=...,
@@ -38,6 +43,7 @@ def make_encode_fn(model: Any, *, pooling: str = "mean", normalize: bool = False
       pooling: "mean" (masked mean of the last hidden states, as sentence-transformers' all-MiniLM-L6-v2) or "cls"
         (the first token, as SimCSE's `cls_before_pooler`).
       normalize: L2-normalise the pooled vectors.
+      pipeline: replaces `pooling` and `normalize` when given.
 
     Returns:
       The jitted function; keep it to reuse its compilations (e.g. evaluating every few hundred training steps).
@@ -47,14 +53,14 @@ def make_encode_fn(model: Any, *, pooling: str = "mean", normalize: bool = False
     """
     if pooling not in POOLINGS:
         raise ValueError(f"pooling: expected one of {sorted(POOLINGS)}, got {pooling!r}")
-    pool = POOLINGS[pooling]
+    pool = POOLINGS[pooling] if pipeline is None else pipeline.apply
+    normalize = normalize and pipeline is None
 
     def encode(params, input_ids, attention_mask, token_type_ids):
         hidden = model.apply({"params": params}, input_ids, attention_mask, token_type_ids, deterministic=True)
         vectors = pool(hidden, attention_mask).astype(jnp.float32)  # [B, D]
         if normalize:
-            norms = jnp.linalg.norm(vectors, axis=-1, keepdims=True)
-            vectors = vectors / jnp.maximum(norms, 1e-12)
+            vectors = scorers.l2_normalize(vectors)
         return vectors
 
     return jax.jit(encode)
@@ -73,6 +79,7 @@ def encode_sentences(
     buckets: Sequence[int] | None = None,
     encode_fn: EncodeFn | None = None,
     progress: bool = True,
+    pipeline: st_format.SentencePipeline | None = None,
 ) -> np.ndarray:
     """Embeds sentences with an encoder, in batches under jit.
 
@@ -90,6 +97,7 @@ def encode_sentences(
       buckets: padded lengths (default `hnjax.data.tokenize.default_buckets(max_length)`).
       encode_fn: a function from `make_encode_fn` to reuse; built from model, pooling and normalize when None.
       progress: show a tqdm progress bar.
+      pipeline: a sentence-transformers pipeline replacing pooling and normalize (see `make_encode_fn`).
 
     Returns:
       float32 [S, D], row i the vector of sentences[i].
@@ -104,20 +112,19 @@ def encode_sentences(
         raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
     batch_size = min(batch_size, len(sentences))
     if encode_fn is None:
-        encode_fn = make_encode_fn(model, pooling=pooling, normalize=normalize)
+        encode_fn = make_encode_fn(model, pooling=pooling, normalize=normalize, pipeline=pipeline)
     # Longest first, so similar lengths share a batch and the first batch reveals memory trouble early.
     order = np.argsort([-len(s) for s in sentences], kind="stable")
     out: np.ndarray | None = None
     truncated = 0
-    starts = range(0, len(sentences), batch_size)
-    for start in tqdm.tqdm(starts, desc="encoding", unit="batch", disable=not progress):
-        idx = order[start : start + batch_size]
+    batches = list(batching.padded_batches(len(sentences), batch_size))
+    for take, n in tqdm.tqdm(batches, desc="encoding", unit="batch", disable=not progress):
+        idx = order[take[:n]]
         enc = tokenize.batch_encode(tokenizer, [sentences[i] for i in idx], max_length=max_length, buckets=buckets)
         truncated += enc.n_truncated
-        n = len(idx)
         # Pad the batch to a fixed size with copies of its first row (dropped below): one compilation per bucket.
-        arrays = [np.concatenate([a, np.repeat(a[:1], batch_size - n, axis=0)]) for a in enc[:3]]
-        vectors = np.asarray(encode_fn(params, *(jnp.asarray(a) for a in arrays)))[:n]  # [n, D]
+        pad = batching.padded_index(n, batch_size)
+        vectors = np.asarray(encode_fn(params, *(jnp.asarray(a[pad]) for a in enc[:3])))[:n]  # [n, D]
         if out is None:
             out = np.empty((len(sentences), vectors.shape[1]), dtype=np.float32)
         out[idx] = vectors

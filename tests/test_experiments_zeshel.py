@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-from hnjax import models
+from hnjax import export, models
 from hnjax.data import synthetic, zeshel
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -74,7 +74,7 @@ def tiny(tmp_path_factory):
     r_out = base / "retriever"
     r_args = common + ["--out", str(r_out), "--scorer", "som", "--num-negatives", "3", "--batch-size", "4"]
     r_args += ["--grad-accum", "1", "--max-length", str(LENGTH), "--max-steps", "2", "--eval-batch-size", "8"]
-    r_results = retriever_script.main(r_args)
+    r_results = retriever_script.main(r_args + ["--export"])
 
     # Uneven candidate lists (1..K_RERANK + 1 long, some without the gold): exercises cand_mask and the gold insertion.
     cand_dir = base / "candidates_uneven"
@@ -95,7 +95,7 @@ def tiny(tmp_path_factory):
     rr_out = base / "reranker"
     rr_args = common + ["--candidates", str(cand_dir), "--out", str(rr_out), "--num-candidates", str(K_RERANK)]
     rr_args += ["--max-length", str(LENGTH), "--max-steps", "2", "--batch-size", "2", "--grad-accum", "2"]
-    rr_results = reranker_script.main(rr_args)
+    rr_results = reranker_script.main(rr_args + ["--export"])
     return dict(
         data=data_dir, ckpt=ckpt, r_out=r_out, r_args=r_args, r_results=r_results, cand_dir=cand_dir,
         rr_out=rr_out, rr_args=rr_args, rr_results=rr_results,
@@ -128,6 +128,10 @@ def test_retriever_outputs_and_recall_recomputed(tiny):
             assert value == pytest.approx(np.mean(hits), abs=1e-12), (split, k)
         assert results[split]["mentions"] == len(gold)
     assert (out / "candidates" / "train.jsonl").is_file()
+    exported, _, config = export.load_retriever_export(out / "export")  # --export (round trips: test_interop.py)
+    assert (
+        exported.config.scorer == config["scorer"] == "som" and (out / "export" / "entity" / "modules.json").is_file()
+    )
 
 
 def test_reranker_predictions_and_accuracies_recomputed(tiny):
@@ -162,6 +166,8 @@ def test_reranker_predictions_and_accuracies_recomputed(tiny):
         assert res["macro_normalized_accuracy"] == pytest.approx(np.mean(per_n), abs=1e-12)
         for v in (res["unnormalized_accuracy"], res["normalized_accuracy"]):
             assert 0.0 <= v <= 1.0
+    head = models.load_pretrained(out / "export").head  # --export: a one-label classifier (round trips: test_interop)
+    assert sorted(head) == ["pooler", "score"]
 
 
 def test_resume_of_finished_runs(tiny):

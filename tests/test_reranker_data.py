@@ -280,9 +280,9 @@ def test_matching_sets_recomputed_from_the_text(tmp_path, values, clues):
 
 
 def test_harder_options_validation_and_missing_clues(tmp_path):
-    with pytest.raises(ValueError, match="attribute_values must be 0 or in"):
+    with pytest.raises(ValueError, match="attribute_values: expected 0 or a value in"):
         synthetic.SyntheticZeshelConfig(attribute_values=1)
-    with pytest.raises(ValueError, match="namesakes must be at most attribute_values"):
+    with pytest.raises(ValueError, match="namesakes: expected at most attribute_values"):
         synthetic.SyntheticZeshelConfig(attribute_values=2, namesakes=9)
     with pytest.raises(ValueError, match="mention_clues must be in"):
         synthetic.SyntheticZeshelConfig(mention_clues=4)

@@ -93,25 +93,27 @@ class SyntheticZeshelConfig:
     def __post_init__(self):
         for field in ("train_worlds", "val_worlds", "test_worlds", "names_per_world", "namesakes"):
             if getattr(self, field) < 1:
-                raise ValueError(f"{field} must be at least 1, got {getattr(self, field)}")
+                raise ValueError(f"{field}: expected at least 1, got {getattr(self, field)}")
         if self.attribute_values == 0 and self.namesakes > min(len(_OCCUPATIONS), len(_CITIES)):
-            raise ValueError(f"namesakes must be at most {min(len(_OCCUPATIONS), len(_CITIES))}, got {self.namesakes}")
+            raise ValueError(
+                f"namesakes: expected at most {min(len(_OCCUPATIONS), len(_CITIES))}, got {self.namesakes}"
+            )
         most = min(len(_OCCUPATIONS), len(_CITIES), len(_OBJECTS))
         if self.attribute_values != 0 and not 2 <= self.attribute_values <= most:
-            raise ValueError(f"attribute_values must be 0 or in [2, {most}], got {self.attribute_values}")
+            raise ValueError(f"attribute_values: expected 0 or a value in [2, {most}], got {self.attribute_values}")
         if self.attribute_values and self.namesakes > self.attribute_values**3:
             raise ValueError(
-                f"namesakes must be at most attribute_values**3 = {self.attribute_values**3} (distinct attribute "
+                f"namesakes: expected at most attribute_values**3 = {self.attribute_values**3} (distinct attribute "
                 f"triples), got {self.namesakes}"
             )
         if not 0 <= self.mention_clues <= len(_ATTRIBUTES):
-            raise ValueError(f"mention_clues must be in [0, {len(_ATTRIBUTES)}], got {self.mention_clues}")
+            raise ValueError(f"mention_clues: expected a value in [0, {len(_ATTRIBUTES)}], got {self.mention_clues}")
         if self.names_per_world > len(_NAMES):
-            raise ValueError(f"names_per_world must be at most {len(_NAMES)}, got {self.names_per_world}")
+            raise ValueError(f"names_per_world: expected at most {len(_NAMES)}, got {self.names_per_world}")
         if self.mentions_per_entity <= 0:
-            raise ValueError(f"mentions_per_entity must be positive, got {self.mentions_per_entity}")
+            raise ValueError(f"mentions_per_entity: expected a positive value, got {self.mentions_per_entity}")
         if self.filler_sentences < 0:
-            raise ValueError(f"filler_sentences must be >= 0, got {self.filler_sentences}")
+            raise ValueError(f"filler_sentences: expected >= 0, got {self.filler_sentences}")
 
 
 _ATTRIBUTES = ("occupation", "city", "object")
@@ -272,20 +274,15 @@ def read_matching(root: str | pathlib.Path, split: str) -> dict[str, list[str]] 
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Command line: ``python -m hnjax.data.synthetic OUT [--names-per-world N] ...``."""
+if __name__ == "__main__":  # python -m hnjax.data.synthetic OUT [--names-per-world N] ...: parse, then generate
     import argparse
 
-    p = argparse.ArgumentParser(description="Write a generated Zeshel-format dataset (see hnjax.data.synthetic).")
-    p.add_argument("out", help="output folder (documents/, mentions/)")
-    defaults = SyntheticZeshelConfig()
+    parser = argparse.ArgumentParser(description="Write a generated Zeshel-format dataset (see hnjax.data.synthetic).")
+    parser.add_argument("out", help="output folder (documents/, mentions/)")
     for field in dataclasses.fields(SyntheticZeshelConfig):
-        value = getattr(defaults, field.name)
-        p.add_argument("--" + field.name.replace("_", "-"), type=type(value), default=value, help=f"default {value}")
-    args = vars(p.parse_args(argv))
-    out = args.pop("out")
-    print(write_synthetic_zeshel(out, SyntheticZeshelConfig(**args)))
-
-
-if __name__ == "__main__":
-    main()
+        default = getattr(SyntheticZeshelConfig(), field.name)
+        parser.add_argument(
+            f"--{field.name.replace('_', '-')}", type=type(default), default=default, help=f"default {default}"
+        )
+    options = vars(parser.parse_args())
+    write_synthetic_zeshel(options.pop("out"), SyntheticZeshelConfig(**options))

@@ -6,13 +6,14 @@
 >>> vectors = models.poolers.mean(hidden, attention_mask)  # [B, D]  # doctest: +SKIP
 """
 
-from hnjax.models import bert, flops, loading, poolers
+from hnjax.data.pretrained import resolve_checkpoint
+from hnjax.models import bert, flops, interop, loading, poolers, seq_cls, st_format
 from hnjax.models.bert import BertModel, EncoderConfig, init_params
+from hnjax.models.interop import Pretrained, load_pretrained, save_cross_encoder, save_sentence_transformer
 from hnjax.models.loading import (
     from_pretrained,
     init_cross_encoder_head,
     load_pooler,
-    resolve_checkpoint,
     save_pretrained,
 )
 
@@ -24,9 +25,16 @@ __all__ = [
     "from_pretrained",
     "init_cross_encoder_head",
     "init_params",
+    "interop",
     "load_pooler",
+    "load_pretrained",
     "loading",
     "poolers",
+    "Pretrained",
     "resolve_checkpoint",
+    "save_cross_encoder",
     "save_pretrained",
+    "save_sentence_transformer",
+    "seq_cls",
+    "st_format",
 ]
