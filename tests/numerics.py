@@ -39,9 +39,9 @@ def _eps(x) -> float:
     bf16/fp16 results are float32 computations rounded once at the end: that rounding is relative to each entry, so
     tests of them pass an ``rtol`` of the format's precision (2^-8 for bf16) and keep the float32 absolute term.
     """
-    if isinstance(x, (float, int)):  # float(loss): the computation's own dtype is gone; assume float32
+    if not hasattr(x, "dtype"):  # float(loss), lists read from JSON: the computation's dtype is gone; assume float32
         return EPS32
-    if np.asarray(x).dtype == np.float64:  # jax.enable_x64; do not cast a float32 result to float64 before comparing
+    if x.dtype == np.float64:  # jax.enable_x64; do not cast a float32 result to float64 before comparing
         return float(np.finfo(np.float64).eps)
     return EPS32
 
@@ -98,6 +98,25 @@ def register_hypothesis_profiles() -> None:
     """``ci`` (derandomized, no example database: a red run replays anywhere) and ``explore`` (random, 10× examples)."""
     settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
     settings.register_profile("explore", max_examples=100 * EXPLORE_FACTOR, deadline=None, print_blob=True)
+
+
+def assert_same_ranking(found, want, ref_scores, **kwargs):
+    """Ranked ids [Q, k] equal position by position, except that near-ties may come in either order.
+
+    ``found`` and ``want`` index the columns of ``ref_scores`` [Q, N] (float64 reference scores; -1 in ``found`` is
+    padding). Where ``found`` and ``want`` differ, the reference scores of the two ids must be equal under
+    :func:`assert_close` (scale: the row's largest score): the order of near-tied scores depends on the machine's
+    float32 rounding. Ids within a row must be distinct, so a duplicated id cannot stand in for a tied one.
+    """
+    found, want, ref_scores = np.asarray(found), np.asarray(want), np.asarray(ref_scores, np.float64)
+    assert found.shape == want.shape, (found.shape, want.shape)
+    for i, (f, w) in enumerate(zip(found, want)):
+        real = f[f >= 0]
+        assert len(set(real.tolist())) == len(real), f"row {i}: duplicate ids {f}"
+        moved = f != w
+        if moved.any():
+            row = {"scale": float(np.max(np.abs(ref_scores[i]))), **kwargs}
+            assert_close(ref_scores[i, f[moved]], ref_scores[i, w[moved]], err_msg=f"row {i}: {f} vs {w}", **row)
 
 
 def examples(n: int) -> int:
