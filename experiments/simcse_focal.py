@@ -149,8 +149,10 @@ def main(argv=None) -> dict:
                                            "max_length", "dtype")}  # fmt: skip
     if args.loss_impl != "dense" or args.grad_cache_chunk is not None:  # recorded when used (older runs resume)
         extra.update(loss_impl=args.loss_impl, block_size=args.block_size, grad_cache_chunk=args.grad_cache_chunk)
-    if args.start_eval and not args.resume:  # evaluate the starting point too, so the curve starts at step 0
-        start = {"step": 0, "stsb_dev_spearman": dev_spearman(encoder_params)}
+    if (args.start_eval or args.max_steps == 0) and not args.resume:  # the curve starts at step 0
+        # With --max-steps 0 the starting encoder is the one selected and evaluated in full.
+        value = eval_fn(params, 0)["stsb_dev_spearman"] if args.max_steps == 0 else dev_spearman(encoder_params)
+        start = {"step": 0, "stsb_dev_spearman": value}
         if writer:
             os.makedirs(out, exist_ok=True)
             (out / "dev_start.json").write_text(json.dumps(start))

@@ -1,29 +1,33 @@
 """Zero-shot entity linking reranker (Zhang & Stratos 2021, §3.2–3.3) over a retriever's top-K candidates.
 
-A cross-encoder (hnjax.reranker.CrossEncoder) reads ``[CLS] mention window [SEP] entity prefix [SEP]`` for each of a
-mention's K candidates (pairs of --max-length tokens) and is trained with softmax cross-entropy over the K scores.
-In training the gold entity is forced into slot 0: when the retriever missed it, it replaces the last candidate (or
-fills a free slot when the mention has fewer than K candidates). Mentions with fewer than K candidates (small worlds)
-are padded and masked with ``cand_mask``, never truncated; a mention of the split without a candidate line is an
-error naming the file.
+A cross-encoder (hnjax.reranker) reads ``[CLS] mention window [SEP] entity prefix [SEP]`` for each of a mention's K
+candidates (pairs of --max-length tokens, the mention window cut about the marked mention) and is trained with
+softmax cross-entropy over the K scores, the gold forced into slot 0 (a missed gold replaces the last candidate).
+Short lists are padded and masked, never truncated; a mention without a candidate line is an error naming the file.
 
-Evaluation reports, per split, the unnormalized accuracy (over all mentions; a mention whose gold was not retrieved
-is wrong) and the normalized accuracy (over the mentions whose gold is among the candidates), each pooled over the
-mentions (micro) and averaged over the worlds (macro).
+Default recipe (measured in docs/zeshel.md): mean-pooling head at --head-lr 1e-3 over an encoder at --lr 5e-5, 5 %
+warmup, no dropout, and the retriever's score added with a learned weight (--prior retriever: the untrained reranker
+ranks as the retriever did and training learns a correction). The paper's cross-encoder is ``--paper`` (pooled
+[CLS], the cross-encoder alone, lr 2e-5 everywhere, 20 % warmup, dropout 0.1, K = 64, pairs of 256 tokens, batch 2 ×
+accumulation 2, 3 epochs); any flag given explicitly still wins.
 
-Paper defaults: K = 64 candidates, pairs of 256 tokens, AdamW lr 2e-5, 20% warmup, 3 epochs, batch 2 × accumulation
-2 (BERT-base; the default encoder here is the bundled all-MiniLM-L6-v2).
+Evaluation reports per split the unnormalized accuracy (all mentions; a gold the retriever missed is wrong) and the
+normalized accuracy (mentions whose gold is among the candidates), micro and macro over worlds, the retriever's own
+R@1 on the same lists, and, on generated data (DATA/clues/), the ceiling (best accuracy any reranker can reach over
+these lists) and the share of it reached. With --eval-every N the first eval split is scored every N steps (and at
+step 0): OUT/eval.jsonl and the curve OUT/val_accuracy.png.
 
 Run (from the repository root), after experiments/zeshel_retriever.py wrote RUN/candidates/{train,val,test}.jsonl:
 
-    python experiments/zeshel_reranker.py --data runs/zeshel_data --candidates runs/zr/som-p0.5/candidates \
-        --out runs/zrr/som-p0.5 --num-candidates 64 --max-length 256 --model all-MiniLM-L6-v2
+    python experiments/zeshel_reranker.py --data runs/zs/data --candidates runs/zs/dual-p0.5/candidates \
+        --out runs/zs/rerank-dual --num-candidates 8 --max-length 64 --batch-size 4 --max-steps 300
 
 Writes OUT/results.json ({"val": {"normalized_accuracy", "unnormalized_accuracy", "macro_normalized_accuracy",
-"macro_unnormalized_accuracy", "mentions", "mentions_with_gold", "per_world"}, "test": {..}, ...}),
-OUT/metrics.jsonl (step, loss, ...), OUT/predictions/<split>.jsonl (lines {"mention_id", "world", "gold",
-"prediction", "candidates", "scores"}), checkpoints for --resume, and with --export OUT/export (a one-label
-sequence classifier: transformers' AutoModelForSequenceClassification and sentence-transformers' CrossEncoder load it).
+"macro_unnormalized_accuracy", "mentions", "mentions_with_gold", "first_stage_accuracy", "per_world", ["ceiling",
+"share_of_ceiling"]}, "test": {..}, ...}), OUT/metrics.jsonl, OUT/predictions/<split>.jsonl (lines {"mention_id",
+"world", "gold", "prediction", "candidates", "scores"}), checkpoints for --resume, and with --export OUT/export (a
+one-label sequence classifier: transformers' AutoModelForSequenceClassification and sentence-transformers'
+CrossEncoder load it; the paper's head only: --pooling cls --prior none).
 """
 
 from __future__ import annotations
@@ -31,26 +35,22 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import pathlib
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-import tqdm
 
-from hnjax import distributed, export, models, reranker
-from hnjax import eval as ev
-from hnjax.data import tokenize, zeshel
+from hnjax import distributed, export, models, plots, reranker
+from hnjax.data import synthetic, tokenize, zeshel
 from hnjax.train import config as config_lib
 from hnjax.train import loop, metrics
 
 logger = logging.getLogger("zeshel_reranker")
 
-
-class CandidateFileError(ValueError):
-    """A candidate file that does not match the data; the message names file, line and field."""
+PAPER = dict(pooling="cls", prior="none", head_lr=None, lr=2e-5, warmup=0.2, dropout=None, encoder_dropout=None,
+             num_candidates=64, max_length=256, batch_size=2, grad_accum=2)  # fmt: skip
 
 
 def parse_args(argv=None):
@@ -59,160 +59,50 @@ def parse_args(argv=None):
     p.add_argument("--candidates", required=True,
                    help="folder of <split>.jsonl candidate lists (OUT/candidates of zeshel_retriever.py)")  # fmt: skip
     p.add_argument("--model", default="all-MiniLM-L6-v2", help="checkpoint directory or 'all-MiniLM-L6-v2'")
+    p.add_argument("--paper", action="store_true", help="the paper's settings as defaults (see above)")
     p.add_argument("--num-candidates", type=int, default=64, help="candidates K per mention, the top of each list")
     p.add_argument("--max-length", type=int, default=256, help="tokens per [mention ; entity] pair (default 256)")
+    p.add_argument("--mention-length", type=int, default=None,
+                   help="word pieces of the mention window in a pair (default (max-length - 3) // 2)")  # fmt: skip
     p.add_argument("--train-split", default="train", help="split trained on (default train)")
     p.add_argument("--eval-splits", nargs="+", default=["val", "test"], help="splits evaluated (default val test)")
     p.add_argument("--eval-batch-size", type=int, default=8, help="mentions (× K pairs) per scoring call")
-    p.add_argument("--dropout", type=float, default=None, help="dropout of the score head (default: the encoder's)")
-    p.add_argument(
-        "--pooling",
-        choices=("cls", "mean"),
-        default="cls",
-        help="what the score head reads: cls = BERT's pooled [CLS] (paper), mean = masked mean of the token states "
-        "(for mean-pooled sentence encoders such as all-MiniLM-L6-v2)",
-    )
+    p.add_argument("--eval-mentions", type=int, default=None,
+                   help="with --eval-every: score only the first N mentions of the first eval split")  # fmt: skip
+    p.add_argument("--pooling", choices=("cls", "mean"), default="mean",
+                   help="what the score head reads: mean = masked mean of the token states (for mean-pooled sentence "
+                   "encoders such as all-MiniLM-L6-v2), cls = BERT's pooled [CLS] (paper)")  # fmt: skip
+    p.add_argument("--prior", choices=("retriever", "none"), default="retriever",
+                   help="retriever: add the candidate file's scores with a learned weight (start = the retriever's "
+                   "ranking); none: the cross-encoder alone (paper)")  # fmt: skip
+    p.add_argument("--head-lr", type=float, default=1e-3,
+                   help="peak learning rate of the score head and prior weight (--lr is the encoder's)")  # fmt: skip
+    p.add_argument("--dropout", type=float, default=0.0, help="dropout of the score head (paper: the encoder's)")
+    p.add_argument("--encoder-dropout", type=float, default=0.0,
+                   help="hidden and attention dropout in the encoder (paper: the checkpoint's, 0.1)")  # fmt: skip
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="encoder compute dtype")
     p.add_argument("--export", action="store_true",
-                   help="also write OUT/export: a one-label sequence classifier (CrossEncoder loads it)")  # fmt: skip
-    defaults = config_lib.TrainConfig(batch_size=2, grad_accum=2, lr=2e-5, warmup=0.2, max_steps=1)
-    config_lib.add_train_arguments(p, defaults)
-    p.add_argument("--epochs", type=float, default=3.0, help="epochs when --max-steps is not given (default 3)")
-    p.set_defaults(max_steps=None)
+                   help="also write OUT/export: a one-label sequence classifier (CrossEncoder loads it); needs "
+                   "--pooling cls --prior none")  # fmt: skip
+    defaults = config_lib.TrainConfig(batch_size=4, grad_accum=1, lr=5e-5, warmup=0.05, max_steps=1)
+    config_lib.add_train_arguments(p, defaults, epochs=3.0, require_out=True)
     distributed.add_distributed_arguments(p)
+    if "--paper" in (sys.argv[1:] if argv is None else argv):
+        p.set_defaults(**PAPER)
     args = p.parse_args(argv)
-    if args.out is None:
-        p.error("--out is required")
+    if args.export and (args.pooling != "cls" or args.prior != "none"):
+        p.error(
+            "--export writes a one-label sequence classifier, whose head reads the pooled [CLS] alone: it needs "
+            f"--pooling cls --prior none (or --paper), got --pooling {args.pooling} --prior {args.prior}"
+        )
     if args.num_candidates < 1:
         p.error(f"--num-candidates must be >= 1, got {args.num_candidates}")
     if args.max_length < 8:
         p.error(f"--max-length must be >= 8 for a mention window and an entity prefix, got {args.max_length}")
-    if args.eval_batch_size < 1:
-        p.error(f"--eval-batch-size must be >= 1, got {args.eval_batch_size}")
+    for name in ("eval_batch_size", "eval_mentions"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     return args
-
-
-def read_candidates(path: pathlib.Path, data: zeshel.Zeshel, split: str, k: int) -> list[list[str]]:
-    """The top-``k`` candidate document ids of every mention of ``split``, in the split's mention order.
-
-    Raises:
-      CandidateFileError: missing file, bad JSON, a missing or mistyped field, a duplicate or unknown mention id, a
-        world that differs from the mention's, a candidate that is not a document of the mention's world, or a
-        mention of the split without a line (file, line and field named).
-    """
-    mentions = data.mentions.get(split, [])
-    by_id = {m.mention_id: m for m in mentions}
-    if not path.is_file():
-        raise CandidateFileError(f"{path}: missing; split {split!r} has {len(mentions)} mentions to rerank")
-    found: dict[str, list[str]] = {}
-    for lineno, rec in zeshel.json_lines(path, CandidateFileError):
-        where = f"{path}:{lineno}"
-        mid, cands = rec.get("mention_id"), rec.get("candidates")
-        if not isinstance(mid, str):
-            raise CandidateFileError(f"{where}: field 'mention_id' must be a string, got {mid!r:.60}")
-        if not isinstance(cands, list) or not all(isinstance(c, str) for c in cands):
-            raise CandidateFileError(f"{where}: field 'candidates' must be a list of document ids")
-        if mid not in by_id:
-            raise CandidateFileError(f"{where}: field 'mention_id': {mid!r} is not a mention of split {split!r}")
-        if mid in found:
-            raise CandidateFileError(f"{where}: field 'mention_id': duplicate line for {mid!r}")
-        world = by_id[mid].world
-        if "world" in rec and rec["world"] != world:
-            raise CandidateFileError(f"{where}: field 'world': {rec['world']!r}, but mention {mid!r} is in {world!r}")
-        docs = data.documents[world]
-        for c in cands:
-            if c not in docs:
-                raise CandidateFileError(f"{where}: field 'candidates': {c!r} is not a document of world {world!r}")
-        if len(set(cands)) != len(cands):
-            raise CandidateFileError(f"{where}: field 'candidates': duplicate document ids")
-        found[mid] = cands[:k]
-    missing = [m.mention_id for m in mentions if m.mention_id not in found]
-    if missing:
-        raise CandidateFileError(
-            f"{path}: {len(missing)} mentions of split {split!r} have no candidate line, first {missing[0]!r}"
-        )
-    return [found[m.mention_id] for m in mentions]
-
-
-def with_gold_first(candidates: list[str], gold: str, k: int) -> list[str]:
-    """Training list: the gold at slot 0, then the other candidates in order, at most ``k`` (paper 1 §3.2: a missed
-    gold replaces the last candidate)."""
-    return ([gold] + [c for c in candidates if c != gold])[:k]
-
-
-class PairBuilder:
-    """Builds [b, K, L] cross-encoder inputs from token-id caches of mentions and entities."""
-
-    def __init__(self, tokenizer, data: zeshel.Zeshel, length: int):
-        self.tokenizer, self.data, self.length = tokenizer, data, length
-        self.entity: dict[tuple[str, str], list[int]] = {}
-        # The shortest valid pair ([CLS] [SEP] [SEP]) fills masked candidate slots.
-        self.filler = [tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.sep_token_id]
-
-    def add_entities(self, keys) -> None:
-        """Tokenizes the (world, document_id) pairs not cached yet."""
-        new = sorted({key for key in keys if key not in self.entity})
-        if new:
-            docs = [self.data.document(w, d) for w, d in new]
-            ids = zeshel.entity_input_ids(self.tokenizer, docs, max_length=self.length)
-            self.entity.update(zip(new, ids))
-
-    def build(self, mention_ids: list[list[int]], worlds: list[str], lists: list[list[str]], k: int) -> dict:
-        """mention_ids: token ids per mention; lists: candidate ids per mention (at most k)."""
-        b, length = len(lists), self.length
-        ids = np.zeros((b, k, length), np.int32)
-        mask = np.zeros((b, k, length), bool)
-        types = np.zeros((b, k, length), np.int32)
-        cand_mask = np.zeros((b, k), bool)
-        m_rows, e_rows, slots = [], [], []
-        for i, (m, w, cands) in enumerate(zip(mention_ids, worlds, lists)):
-            for j, c in enumerate(cands):
-                m_rows.append(m)
-                e_rows.append(self.entity[(w, c)])
-                slots.append((i, j))
-        rows, row_types = zeshel.pair_input_ids(self.tokenizer, m_rows, e_rows, max_length=length)
-        for (i, j), r, t in zip(slots, rows, row_types):
-            ids[i, j, : len(r)] = r
-            types[i, j, : len(t)] = t
-            mask[i, j, : len(r)] = True
-            cand_mask[i, j] = True
-        for i, j in zip(*np.nonzero(~cand_mask)):
-            ids[i, j, :3] = self.filler
-            types[i, j, 2] = 1
-            mask[i, j, :3] = True
-        return {"pair_ids": ids, "pair_mask": mask, "pair_types": types, "cand_mask": cand_mask}
-
-
-def accuracies(rows: list[dict]) -> dict:
-    """Micro (pooled) and macro (per-world mean) normalized and unnormalized accuracy of prediction rows."""
-
-    def pair(sub: list[dict]) -> tuple[float, float, int]:
-        width = max(len(r["candidates"]) for r in sub)
-        cands = np.array([r["candidates"] + [""] * (width - len(r["candidates"])) for r in sub], dtype=object)
-        pred = np.array([r["prediction"] for r in sub], dtype=object)
-        gold = np.array([r["gold"] for r in sub], dtype=object)
-        covered = int(sum(r["gold"] in r["candidates"] for r in sub))
-        return ev.normalized_accuracy(pred, gold, cands), ev.unnormalized_accuracy(pred, gold), covered
-
-    norm, unnorm, covered = pair(rows)
-    per_world = {}
-    for world in dict.fromkeys(r["world"] for r in rows):
-        sub = [r for r in rows if r["world"] == world]
-        n, u, c = pair(sub)
-        per_world[world] = {"normalized_accuracy": n, "unnormalized_accuracy": u, "mentions": len(sub),
-                            "mentions_with_gold": c}  # fmt: skip
-    worlds = list(per_world.values())
-    normalized = [w["normalized_accuracy"] for w in worlds if w["mentions_with_gold"]]
-    return {
-        "normalized_accuracy": norm,
-        "unnormalized_accuracy": unnorm,
-        # A world where the retriever found no gold has no normalized accuracy; it is left out of that average.
-        "macro_normalized_accuracy": float(np.mean(normalized)) if normalized else float("nan"),
-        "macro_unnormalized_accuracy": float(np.mean([w["unnormalized_accuracy"] for w in worlds])),
-        "mentions": len(rows),
-        "mentions_with_gold": covered,
-        "per_world": per_world,
-    }
 
 
 def main(argv=None) -> dict:
@@ -221,66 +111,85 @@ def main(argv=None) -> dict:
     distributed.configure_logging()
     writer = distributed.is_main_process()
     out = pathlib.Path(args.out)
-    cand_dir = pathlib.Path(args.candidates)
     data = zeshel.load_zeshel(args.data)
-    k, length = args.num_candidates, args.max_length
-    train_mentions = data.mentions.get(args.train_split, [])
+    k, train_split = args.num_candidates, args.train_split
+    train_mentions = data.mentions.get(train_split, [])
     if not train_mentions:
-        raise SystemExit(f"{args.data}: mentions/{args.train_split}.json has no mentions to train on")
-    splits = list(dict.fromkeys([args.train_split] + args.eval_splits))
-    lists = {}
-    for split in splits:
-        if split != args.train_split and not data.mentions.get(split):
+        raise SystemExit(f"{args.data}: mentions/{train_split}.json has no mentions to train on")
+    full, lists, priors = {}, {}, {}  # full: the file's whole lists (the gold's score may lie below the top K)
+    for split in dict.fromkeys([train_split] + args.eval_splits):
+        if split != train_split and not data.mentions.get(split):
             logger.warning("split %s has no mentions in %s; not evaluated", split, args.data)
             continue
-        lists[split] = read_candidates(cand_dir / f"{split}.jsonl", data, split, k)
+        full[split] = zeshel.read_candidates(pathlib.Path(args.candidates) / f"{split}.jsonl", data, split)
+        ids, scores = full[split]
+        if args.prior == "retriever" and scores is None:
+            raise SystemExit(f"{args.candidates}/{split}.jsonl has no 'scores': pass --prior none")
+        lists[split] = [c[:k] for c in ids]
+        priors[split] = [reranker.standardize(s[:k]) for s in scores] if args.prior == "retriever" else None
 
-    model_dir = models.resolve_checkpoint(args.model)
-    dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
-    encoder, encoder_params = models.from_pretrained(model_dir, dtype=dtype)
-    head, head_params = models.init_cross_encoder_head(
-        encoder.config,
-        jax.random.key(args.seed),
-        checkpoint=model_dir,
-        dropout_rate=args.dropout,
-        pooling=args.pooling,
-    )
-    cross = reranker.CrossEncoder(encoder, head)
-    params = {"encoder": encoder_params, "head": head_params}
-    tokenizer = tokenize.load_tokenizer(model_dir)
-    pairs = PairBuilder(tokenizer, data, length)
-    for split, split_lists in lists.items():
-        ms = data.mentions[split]
-        extra_gold = [(m.world, m.label_document_id) for m in ms] if split == args.train_split else []
-        pairs.add_entities([(m.world, c) for m, cs in zip(ms, split_lists) for c in cs] + extra_gold)
-
-    # Training: gold at slot 0, padded slots masked; K = the longest list (at most --num-candidates).
-    train_lists = [with_gold_first(c, m.label_document_id, k) for m, c in zip(train_mentions, lists[args.train_split])]
+    # Training lists: gold at slot 0, padded slots masked; K = the longest list (at most --num-candidates).
+    golds = [m.label_document_id for m in train_mentions]
+    ids, scores = full[train_split]
+    train_lists = [reranker.with_gold_first(c, g, k) for c, g in zip(ids, golds)]
+    train_priors = None
+    if args.prior == "retriever":
+        train_priors = [
+            reranker.standardize(reranker.gold_first_scores(c, s, g, k)) for c, s, g in zip(ids, scores, golds)
+        ]
     k_train = max(len(c) for c in train_lists)
     if k_train < k:
         logger.info("train: at most %d candidates per mention (< K = %d); training over %d slots", k_train, k, k_train)
-    train_ids = zeshel.mention_input_ids(tokenizer, data, train_mentions, max_length=length)
-    train_worlds = [m.world for m in train_mentions]
-    if args.max_steps is None:
-        args.max_steps = max(1, math.ceil(args.epochs * len(train_mentions) / (args.batch_size * args.grad_accum)))
-    config = config_lib.config_from_args(args)
+
+    model_dir = models.resolve_checkpoint(args.model)
+    cross, params = reranker.from_pretrained(
+        model_dir, jax.random.key(args.seed), pooling=args.pooling, dropout=args.dropout,
+        encoder_dropout=args.encoder_dropout, prior=args.prior == "retriever",
+        dtype=jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32,
+    )  # fmt: skip
+    pairs = reranker.PairBuilder(tokenize.load_tokenizer(model_dir), data, args.max_length,
+                                 mention_length=args.mention_length)  # fmt: skip
+    config = config_lib.config_from_args(args, num_examples=len(train_mentions))
+    optimizer, schedule = reranker.make_optimizer(
+        lr=config.lr, head_lr=args.head_lr, total_steps=config.schedule_steps, warmup=config.warmup,
+        decay=config.decay, end_factor=config.end_lr_factor, weight_decay=config.weight_decay,
+        clip_norm=config.effective_clip_norm, b1=config.b1, b2=config.b2, eps=config.eps,
+    )  # fmt: skip
 
     def batch_fn(indices, candidates):
         del candidates  # no miner: the retriever's candidates are fixed
-        return pairs.build([train_ids[i] for i in indices], [train_worlds[i] for i in indices],
-                           [train_lists[i] for i in indices], k_train)  # fmt: skip
+        return pairs.build([train_mentions[i] for i in indices], [train_lists[i] for i in indices], k_train,
+                           None if train_priors is None else [train_priors[i] for i in indices])  # fmt: skip
 
+    score_fn = jax.jit(cross.batch_scores)
+    curve_split = next((s for s in args.eval_splits if s in lists), None)
+
+    def eval_fn(p, step):
+        n = args.eval_mentions or len(lists[curve_split])
+        ms, ls = data.mentions[curve_split][:n], lists[curve_split][:n]
+        ps = None if priors[curve_split] is None else priors[curve_split][:n]
+        s = reranker.rerank(score_fn, p, pairs, ms, ls, ps, batch_size=args.eval_batch_size)
+        table = reranker.accuracies(reranker.prediction_rows(ms, ls, s))
+        return {"accuracy": table["unnormalized_accuracy"], "normalized_accuracy": table["normalized_accuracy"]}
+
+    periodic = curve_split is not None and args.eval_every > 0
+    if periodic and not (out / "checkpoints").is_dir():  # a fresh run: the curve starts at step 0
+        start = eval_fn(params, 0)
+        if writer:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "eval.jsonl").write_text(json.dumps({"step": 0, **start}) + "\n")
     extra = {k_: getattr(args, k_) for k_ in ("data", "candidates", "model", "num_candidates", "max_length",
-                                             "train_split", "dropout", "pooling", "dtype")}  # fmt: skip
+                                             "mention_length", "train_split", "pooling", "prior", "head_lr",
+                                             "dropout", "encoder_dropout", "dtype")}  # fmt: skip
     result = loop.fit(config, params=params, loss_fn=cross.loss, batch_fn=batch_fn, num_examples=len(train_mentions),
+                      eval_fn=eval_fn if periodic else None, optimizer=optimizer, schedule=schedule,
                       extra_config=extra)  # fmt: skip
     print(result.format_time_split())
     trained = jax.device_put(result.state.params)
     if args.export and writer:
-        export.export_reranker(out / "export", cross, trained, tokenizer_from=model_dir, max_length=length)
+        export.export_reranker(out / "export", cross, trained, tokenizer_from=model_dir, max_length=args.max_length)
 
     # Evaluation: rerank the retrieved lists as they are (no gold inserted); each process its share of the mentions.
-    score_fn = jax.jit(lambda p, batch: cross.scores(p, batch["pair_ids"], batch["pair_mask"], batch["pair_types"]))
     results: dict = {}
     if writer:
         (out / "predictions").mkdir(parents=True, exist_ok=True)
@@ -288,36 +197,40 @@ def main(argv=None) -> dict:
     for split in args.eval_splits:
         if split not in lists:
             continue
-        own = distributed.shard_range(len(data.mentions[split]))
-        ms, split_lists = data.mentions[split][own.start : own.stop], lists[split][own.start : own.stop]
-        k_eval = max(1, max(len(c) for c in lists[split]))
-        m_ids = zeshel.mention_input_ids(tokenizer, data, ms, max_length=length) if ms else []
-        rows = []
-        bs = args.eval_batch_size
-        for start in tqdm.trange(0, len(ms), bs, desc=f"rerank {split}", disable=not (args.progress and writer)):
-            take = np.minimum(np.arange(start, start + bs), len(ms) - 1)  # last batch padded: one compilation
-            batch = pairs.build([m_ids[i] for i in take], [ms[i].world for i in take],
-                                [split_lists[i] for i in take], k_eval)  # fmt: skip
-            s = np.asarray(score_fn(trained, batch))
-            for row, i in enumerate(take[: min(bs, len(ms) - start)]):
-                cands = split_lists[i]
-                sc = s[row, : len(cands)]
-                rows.append({"mention_id": ms[i].mention_id, "world": ms[i].world, "gold": ms[i].label_document_id,
-                             "prediction": cands[int(np.argmax(sc))] if cands else None, "candidates": cands,
-                             "scores": [float(x) for x in sc]})  # fmt: skip
-        rows = [row for part in distributed.allgather_objects(rows) for row in part]
+        own = distributed.shard_range(len(lists[split]))
+        ms, ls = data.mentions[split][own.start : own.stop], lists[split][own.start : own.stop]
+        ps = None if priors[split] is None else priors[split][own.start : own.stop]
+        s = reranker.rerank(score_fn, trained, pairs, ms, ls, ps, batch_size=args.eval_batch_size,
+                            progress=args.progress and writer, desc=f"rerank {split}") if ms else []  # fmt: skip
+        rows = [row for part in distributed.allgather_objects(reranker.prediction_rows(ms, ls, s)) for row in part]
+        ms, ls = data.mentions[split], lists[split]
         if writer:
             with open(out / "predictions" / f"{split}.jsonl", "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
-        results[split] = accuracies(rows)
+        results[split] = reranker.accuracies(rows)
+        results[split]["first_stage_accuracy"] = reranker.first_stage_accuracy([m.label_document_id for m in ms], ls)
+        matching = synthetic.read_matching(args.data, split)
+        if matching is not None:
+            bound = reranker.ceiling([m.label_document_id for m in ms], ls, [matching[m.mention_id] for m in ms])
+            results[split].update(ceiling=bound, share_of_ceiling=results[split]["unnormalized_accuracy"] / bound)
         logger.info("%s: %s", split, {key: v for key, v in results[split].items() if key != "per_world"})
+    curve = metrics.read_jsonl(str(out / "eval.jsonl")) if periodic and writer else []
     results.update(
         steps=args.max_steps, seed=args.seed, num_candidates=k, train_candidates=k_train,
+        prior_weight=float(trained["prior_weight"]) if "prior_weight" in trained else None, curve_split=curve_split,
+        curve=curve,
         **metrics.run_summary(out, result.time_split), eval_s=time.perf_counter() - started,
         config={**config.to_dict(), **extra},
     )  # fmt: skip
     if writer:
         metrics.write_results(out, results)
+    if curve:
+        ref = results.get(curve_split, {})
+        lines = {"retriever R@1": ref.get("first_stage_accuracy")} if args.eval_mentions is None else {}
+        if args.eval_mentions is None and "ceiling" in ref:
+            lines["ceiling"] = ref["ceiling"]
+        plots.accuracy_curve(curve, str(out / "val_accuracy.png"), {k_: v for k_, v in lines.items() if v is not None},
+                             f"reranker over the top {k}, {curve_split}")  # fmt: skip
     return results
 
 

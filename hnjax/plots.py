@@ -156,6 +156,21 @@ def dev_curve(curve: Sequence[dict], path: str, title: str) -> None:
     fig.savefig(path, dpi=120)
 
 
+def accuracy_curve(curve: Sequence[dict], path: str, lines: dict[str, float], title: str) -> None:
+    """A reranker's accuracy against the training step (``[{"step", "accuracy"}, ...]``), with horizontal reference
+    lines (``{label: value}``, e.g. the first stage's R@1 and the ceiling)."""
+    fig = figure.Figure(figsize=(5.5, 3.4))
+    ax = fig.subplots()
+    ax.plot([c["step"] for c in curve], [c["accuracy"] for c in curve], marker="o", label="reranker")
+    for (label, value), style in zip(lines.items(), ("--", ":", "-.")):
+        ax.axhline(value, linestyle=style, color="gray", label=f"{label} {value:.3f}")
+    ax.set(xlabel="step", ylabel="accuracy (unnormalized)", title=title, ylim=(0, 1.02))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def simcse_comparison(runs: Sequence[dict], dev_path: str, geometry_path: str) -> None:
     """Figures comparing SimCSE runs: dev Spearman against step, one line per run coloured by loss (``dev_path``),
     and alignment against uniformity of the selected encoders on STS-B dev (``geometry_path``, Wang & Isola 2020).

@@ -129,7 +129,7 @@ def test_nonfinite_update_is_not_applied():
 @pytest.mark.parametrize(
     "kwargs, name",
     [
-        ({"max_steps": 0}, "max_steps"),
+        ({"max_steps": -1}, "max_steps"),
         ({"batch_size": -1}, "batch_size"),
         ({"grad_accum": 0}, "grad_accum"),
         ({"lr": 0.0}, "lr"),
@@ -268,6 +268,17 @@ def toy_fit(tmp_path=None, miner=None, n_docs=32, callbacks=(), loss_fn=toy.loss
         miner=miner, callbacks=callbacks,
     )  # fmt: skip
     return result, batches
+
+
+def test_zero_steps_returns_the_starting_model(tmp_path):
+    miner = FakeMiner(32, every=3)
+    result, batches = toy_fit(tmp_path, miner=miner, max_steps=0, checkpoint_every=2)
+    start = toy.init_params()
+    for name in start:
+        np.testing.assert_array_equal(np.asarray(result.state.params[name]), np.asarray(start[name]))
+    assert batches == [] and result.history == [] and int(result.state.step) == 0
+    assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+    assert config_lib.TrainConfig(max_steps=0).schedule_steps == 1
 
 
 def test_mining_protocol_calls_and_candidates_feed_batches(tmp_path):

@@ -52,6 +52,10 @@ class ZeshelFormatError(ValueError):
     """A Zeshel file that does not follow the format; the message names file, line and field."""
 
 
+class CandidateFileError(ValueError):
+    """A candidate file that does not match the data; the message names file, line and field."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Document:
     document_id: str
@@ -246,6 +250,79 @@ def load_zeshel(root: str | pathlib.Path, *, splits: Sequence[str] = SPLITS, on_
     return data
 
 
+def read_candidates(
+    path: str | pathlib.Path, data: Zeshel, split: str, k: int | None = None
+) -> tuple[list[list[str]], list[list[float]] | None]:
+    """The candidate lists of every mention of ``split``, in the split's mention order, and their first-stage scores.
+
+    A candidate file (written by ``experiments/zeshel_retriever.py``) holds one JSON line per mention:
+    ``{"mention_id", "world" (optional), "candidates": [document_id, ...], "scores": [float, ...] (optional)}``,
+    candidates best first.
+
+    Args:
+      path: the ``<split>.jsonl`` file.
+      data: the loaded Zeshel folder the lists refer to.
+      split: the split whose mentions the file must cover.
+      k: keep the first ``k`` candidates of each list (``None``: all).
+
+    Returns:
+      ``(ids, scores)``: one list of document ids per mention; the matching scores, or ``None`` when no line of the
+      file has them.
+
+    Raises:
+      CandidateFileError: missing file, bad JSON, a missing or mistyped field, a duplicate or unknown mention id, a
+        world that differs from the mention's, a candidate that is not a document of the mention's world, scores on
+        some lines only or of another length than the candidates, or a mention of the split without a line (file,
+        line and field named).
+    """
+    path = pathlib.Path(path)
+    mentions = data.mentions.get(split, [])
+    by_id = {m.mention_id: m for m in mentions}
+    if not path.is_file():
+        raise CandidateFileError(f"{path}: missing; split {split!r} has {len(mentions)} mentions to rerank")
+    found: dict[str, list[str]] = {}
+    scored: dict[str, list[float]] = {}
+    for lineno, rec in json_lines(path, CandidateFileError):
+        where = f"{path}:{lineno}"
+        mid, cands = rec.get("mention_id"), rec.get("candidates")
+        if not isinstance(mid, str):
+            raise CandidateFileError(f"{where}: field 'mention_id' must be a string, got {mid!r:.60}")
+        if not isinstance(cands, list) or not all(isinstance(c, str) for c in cands):
+            raise CandidateFileError(f"{where}: field 'candidates' must be a list of document ids")
+        if mid not in by_id:
+            raise CandidateFileError(f"{where}: field 'mention_id': {mid!r} is not a mention of split {split!r}")
+        if mid in found:
+            raise CandidateFileError(f"{where}: field 'mention_id': duplicate line for {mid!r}")
+        world = by_id[mid].world
+        if "world" in rec and rec["world"] != world:
+            raise CandidateFileError(f"{where}: field 'world': {rec['world']!r}, but mention {mid!r} is in {world!r}")
+        docs = data.documents[world]
+        for c in cands:
+            if c not in docs:
+                raise CandidateFileError(f"{where}: field 'candidates': {c!r} is not a document of world {world!r}")
+        if len(set(cands)) != len(cands):
+            raise CandidateFileError(f"{where}: field 'candidates': duplicate document ids")
+        if "scores" in rec:
+            sc = rec["scores"]
+            if not isinstance(sc, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in sc):
+                raise CandidateFileError(f"{where}: field 'scores' must be a list of numbers")
+            if len(sc) != len(cands):
+                raise CandidateFileError(f"{where}: field 'scores': {len(sc)} scores for {len(cands)} candidates")
+            if len(scored) != len(found):
+                raise CandidateFileError(f"{where}: field 'scores': present here but missing on earlier lines")
+            scored[mid] = [float(x) for x in sc]
+        elif scored:
+            raise CandidateFileError(f"{where}: field 'scores' is missing (earlier lines have it)")
+        found[mid] = cands
+    missing = [m.mention_id for m in mentions if m.mention_id not in found]
+    if missing:
+        raise CandidateFileError(
+            f"{path}: {len(missing)} mentions of split {split!r} have no candidate line, first {missing[0]!r}"
+        )
+    ids = [found[m.mention_id][:k] for m in mentions]
+    return ids, ([scored[m.mention_id][:k] for m in mentions] if scored else None)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Model inputs
 
@@ -291,12 +368,17 @@ def mention_input_ids(
     out = []
     for lt, mt, rt in zip(left, middle, right):
         mt = [start] + mt[: budget - 2] + [end]
-        rest = budget - len(mt)
-        n_left = min(len(lt), rest // 2)
-        n_right = min(len(rt), rest - n_left)
-        n_left = min(len(lt), rest - n_right)  # spill unused right budget back to the left
+        n_left, n_right = _split_context(len(lt), len(rt), budget - len(mt))
         out.append([cls] + lt[len(lt) - n_left :] + mt + rt[:n_right] + [sep])
     return out
+
+
+def _split_context(n_left: int, n_right: int, rest: int) -> tuple[int, int]:
+    """Context tokens kept left and right of a mention when ``rest`` fit: half each, a short side's unused share
+    going to the other side."""
+    left = min(n_left, rest // 2)
+    right = min(n_right, rest - left)
+    return min(n_left, rest - right), right
 
 
 def entity_input_ids(tokenizer, documents: Sequence[Document], *, max_length: int = 128) -> list[list[int]]:
@@ -336,28 +418,42 @@ def pair_input_ids(
     entity_ids: Sequence[Sequence[int]],
     *,
     max_length: int = 256,
+    mention_length: int | None = None,
 ) -> tuple[list[int], list[int]]:
     """Cross-encoder inputs ``[CLS] mention-window [SEP] entity-prefix [SEP]`` and their token types.
+
+    A mention row longer than its share is cut to a window about the marked mention (``[unused0] .. [unused1]``),
+    context split half/half around it as in :func:`mention_input_ids`, so the words next to the mention (those that
+    tell namesakes apart) stay in every pair; a row without the markers keeps its middle.
 
     Args:
       mention_ids: output rows of :func:`mention_input_ids` (with [CLS]/[SEP], markers inside), one per pair.
       entity_ids: output rows of :func:`entity_input_ids`, one per pair.
-      max_length: pair length; the mention window gets at most ``(max_length - 3) // 2`` word pieces and the
-        entity the rest (hard-nce-el ``FullDataset``).
+      max_length: pair length.
+      mention_length: word pieces of the mention window (markers included, [CLS]/[SEP] not); default
+        ``(max_length - 3) // 2`` (hard-nce-el ``FullDataset``); the entity gets the rest.
 
     Returns:
       (ids rows, token-type rows): one row per pair, each at most ``max_length`` long.
     """
     if len(mention_ids) != len(entity_ids):
         raise ValueError(f"{len(mention_ids)} mentions but {len(entity_ids)} entities")
-    budget_m = (max_length - 3) // 2
+    budget_m = (max_length - 3) // 2 if mention_length is None else mention_length
+    if not 1 <= budget_m <= max_length - 4:
+        raise ValueError(f"mention_length must be in [1, {max_length - 4}] for max_length={max_length}, got {budget_m}")
+    start, end = _special_id(tokenizer, MENTION_START), _special_id(tokenizer, MENTION_END)
     rows_ids, rows_types = [], []
     for m, e in zip(mention_ids, entity_ids):
         m_body, e_body = list(m[1:-1]), list(e[1:-1])
-        if len(m_body) > budget_m:  # keep the marked mention: trim evenly around the markers' centre
-            cut = len(m_body) - budget_m
-            left = cut // 2
-            m_body = m_body[left : left + budget_m]
+        if len(m_body) > budget_m:
+            if start in m_body and end in m_body:
+                first, last = m_body.index(start), m_body.index(end)
+                span = min(last + 1 - first, budget_m)
+                n_left, _ = _split_context(first, len(m_body) - first - span, budget_m - span)
+                m_body = m_body[first - n_left : first - n_left + budget_m]
+            else:
+                cut = (len(m_body) - budget_m) // 2
+                m_body = m_body[cut : cut + budget_m]
         e_body = e_body[: max_length - 3 - len(m_body)]
         ids = [tokenizer.cls_token_id] + m_body + [tokenizer.sep_token_id] + e_body + [tokenizer.sep_token_id]
         rows_ids.append(ids)

@@ -31,7 +31,7 @@ class TrainConfig:
     Attributes:
       out: output directory (``metrics.jsonl``, ``config.json``, ``checkpoints/``, ``best/``, ``tb/``); required for
         checkpoints, resume and best-model selection.
-      max_steps: optimizer updates of the run.
+      max_steps: optimizer updates of the run; 0 trains nothing (the caller evaluates the starting model).
       batch_size: examples per micro-batch over all devices ``B`` (padded up to a multiple of the device count).
       grad_accum: micro-batches per update ``A``; an update sees ``A * B`` examples (paper 1: 16 x 2).
       lr: peak learning rate.
@@ -87,11 +87,11 @@ class TrainConfig:
         def fail(name, expected):
             raise ValueError(f"TrainConfig.{name}: expected {expected}, got {getattr(self, name)!r}")
 
-        for name in ("max_steps", "batch_size", "grad_accum", "keep_checkpoints"):
+        for name in ("batch_size", "grad_accum", "keep_checkpoints"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 fail(name, "an int >= 1")
-        for name in ("checkpoint_every", "eval_every", "seed"):
+        for name in ("max_steps", "checkpoint_every", "eval_every", "seed"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 fail(name, "an int >= 0")
@@ -136,8 +136,8 @@ class TrainConfig:
 
     @property
     def schedule_steps(self) -> int:
-        """Length of the learning-rate schedule."""
-        return self.total_steps or self.max_steps
+        """Length of the learning-rate schedule (at least 1, so that a run of 0 steps still builds one)."""
+        return self.total_steps or max(self.max_steps, 1)
 
     @property
     def effective_clip_norm(self) -> float | None:

@@ -312,7 +312,9 @@ def fit(
                 batch = feeder(step, state.params)
         if evaluate is not None and step > start.step and (not evaluate.evals or evaluate.evals[-1]["step"] != step):
             run_eval(step, state)
-        if outputs.checkpoints is not None and logs.last_saved != step:
+        if (
+            outputs.checkpoints is not None and logs.last_saved != step and step > 0
+        ):  # no checkpoint of an untrained model
             save(step, state)
         if miner is not None:
             miner.wait()
