@@ -14,9 +14,10 @@ runtime, the model and the compiler).
 Run (the table in docs/memory.md):
 
     python experiments/bench_step_memory.py --sizes 64 256 1024 4096 --chunk 64 --max-length 32 --run-up-to 256 \
-        --out results/step_memory
+        --out results/step_memory.json
 
-Writes OUT/step_memory.json and prints a markdown table.
+Writes the JSON file OUT (rewritten after every case, so that a long run keeps what it measured) and prints a markdown
+table.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--run-up-to", type=int, default=256, help="run the step only for B up to this (else compile only)")
     p.add_argument("--limit-gib", type=float, default=12.0, help="run only if XLA's estimate is below this")
     p.add_argument("--timeout", type=float, default=7200.0, help="seconds allowed per case process")
-    p.add_argument("--out", default="results/step_memory", help="output directory")
+    p.add_argument("--out", default="results/step_memory.json", help="the JSON file written")
     p.add_argument("--worker", choices=METHODS, default=None, help=argparse.SUPPRESS)
     p.add_argument("--size", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -138,13 +139,13 @@ def main(argv=None) -> None:
     if args.worker is not None:
         print(json.dumps(worker(args)), flush=True)
         return
-    os.makedirs(args.out, exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     records = []
     for size in sorted(args.sizes):
         for method in args.methods:
             records.append(run_case(args, method, size))
             log.info("%s", json.dumps(records[-1]))
-            with open(os.path.join(args.out, "step_memory.json"), "w") as f:  # partial results survive a long run
+            with open(args.out, "w") as f:  # partial results survive a long run
                 json.dump({"config": vars(args), "records": records}, f, indent=2)
     print(markdown(records))
 

@@ -330,10 +330,18 @@ def barrier(name: str) -> None:
 
 
 class ProcessLogFilter(logging.Filter):
-    """Adds ``record.jax_process``, e.g. ``"p1/4"`` (``"p0/1"`` in a single-process run), to every record."""
+    """Adds ``record.jax_process``, e.g. ``"p1/4"`` (``"p0/1"`` in a single-process run), to every record.
+
+    The label is fixed when the filter is made: asking JAX for the process index inside a log call would start the
+    backend there, and the backend logs while it starts, which would re-enter the filter and wait on itself.
+    """
+
+    def __init__(self, label: str):
+        super().__init__()
+        self.label = label
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.jax_process = f"p{jax.process_index()}/{jax.process_count()}"
+        record.jax_process = self.label
         return True
 
 
@@ -343,10 +351,12 @@ LOG_FORMAT = "%(asctime)s [%(jax_process)s] %(name)s: %(message)s"
 def configure_logging(level: int = logging.INFO) -> None:
     """Root logging for a script: ``LOG_FORMAT``, naming the process on every line.
 
-    Call it after :func:`initialize` (before it, the process index is not known yet and reads 0).
+    Call it after :func:`initialize` (before it, the process index is not known yet and reads 0) and after any
+    ``XLA_FLAGS`` set-up (it starts the JAX backend).
     """
+    label = f"p{jax.process_index()}/{jax.process_count()}"  # starts the backend now, before our handler is in place
     handler = logging.StreamHandler()
-    handler.addFilter(ProcessLogFilter())
+    handler.addFilter(ProcessLogFilter(label))
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root = logging.getLogger()
     for old in list(root.handlers):  # ours from an earlier call, or a plain basicConfig handler; not pytest's

@@ -78,6 +78,17 @@ def test_shard_range_covers_everything_once():
         distributed.shard_range(4, 2, 2)
 
 
+def test_logging_set_up_before_the_backend_starts_does_not_hang():
+    """A script configures logging first, then JAX starts its backend (which logs while it starts): every line names
+    the process and nothing waits on itself (a filter that asked JAX for the process index deadlocked here)."""
+    code = ("import logging; from hnjax import distributed; distributed.configure_logging(); import jax; "
+            "jax.devices(); logging.getLogger('x').info('after start-up')")  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}  # the backend probes (and logs) platforms
+    result = run_job([sys.executable, "-c", code], timeout=120, env=env)
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert "[p0/1] x: after start-up" in result.stdout
+
+
 def test_single_process_gathers_are_identities():
     x = {"a": np.arange(6).reshape(3, 2), "b": np.ones(3, bool)}
     out = distributed.allgather_rows(x)
