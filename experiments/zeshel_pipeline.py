@@ -30,8 +30,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import zeshel_reranker  # noqa: E402
 import zeshel_retriever  # noqa: E402
-import zeshel_table  # noqa: E402
 
+from hnjax import eval as ev  # noqa: E402
 from hnjax.data import zeshel  # noqa: E402
 
 SPLITS = ("val", "test")
@@ -89,12 +89,10 @@ def compare(data: zeshel.Zeshel, retriever_dir: pathlib.Path, reranker_dir: path
 
 
 def _row(ret: list[bool], rr: list[bool], covered: list[bool]) -> dict:
-    only_ret = sum(a and not b for a, b in zip(ret, rr))
-    only_rr = sum(b and not a for a, b in zip(ret, rr))
-    n = len(ret)
-    return {"mentions": n, "retriever_r1": sum(ret) / n, "retriever_rk": sum(covered) / n,
-            "reranker_accuracy": sum(rr) / n, "only_retriever": only_ret, "only_reranker": only_rr,
-            "mcnemar_p": zeshel_table.mcnemar_exact(only_ret, only_rr)}  # fmt: skip
+    paired = ev.paired_comparison(ret, rr)  # A: the retriever's top 1, B: the reranker
+    return {"mentions": paired["items"], "retriever_r1": paired["accuracy_a"], "retriever_rk": sum(covered) / len(ret),
+            "reranker_accuracy": paired["accuracy_b"], "only_retriever": paired["only_a"],
+            "only_reranker": paired["only_b"], "mcnemar_p": paired["mcnemar_p"]}  # fmt: skip
 
 
 def main(argv=None) -> dict:

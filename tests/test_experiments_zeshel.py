@@ -95,7 +95,7 @@ def tiny(tmp_path_factory):
     rr_out = base / "reranker"
     rr_args = common + ["--candidates", str(cand_dir), "--out", str(rr_out), "--num-candidates", str(K_RERANK)]
     rr_args += ["--max-length", str(LENGTH), "--max-steps", "2", "--batch-size", "2", "--grad-accum", "2"]
-    rr_results = reranker_script.main(rr_args + ["--export"])
+    rr_results = reranker_script.main(rr_args)
     return dict(
         data=data_dir, ckpt=ckpt, r_out=r_out, r_args=r_args, r_results=r_results, cand_dir=cand_dir,
         rr_out=rr_out, rr_args=rr_args, rr_results=rr_results,
@@ -203,7 +203,19 @@ def test_reranker_predictions_and_accuracies_recomputed(tiny):
         assert res["macro_normalized_accuracy"] == pytest.approx(np.mean(per_n), abs=1e-12)
         for v in (res["unnormalized_accuracy"], res["normalized_accuracy"]):
             assert 0.0 <= v <= 1.0
-    head = models.load_pretrained(out / "export").head  # --export: a one-label classifier (round trips: test_interop)
+
+
+def test_reranker_export_needs_the_plain_head(tiny, tmp_path):
+    """--export writes a one-label classifier (round trips: test_interop.py), which reads the pooled [CLS] alone: the
+    default recipe (mean pooling, the retriever's score added) is refused before any model is loaded."""
+    args = [a for a in tiny["rr_args"] if a not in ("--out", str(tiny["rr_out"]))]
+    args[args.index("--max-steps") + 1] = "0"
+    with pytest.raises(SystemExit):
+        reranker_script.main(args + ["--out", str(tmp_path / "refused"), "--export"])
+    assert not (tmp_path / "refused").exists()
+    out = tmp_path / "plain"
+    reranker_script.main(args + ["--out", str(out), "--pooling", "cls", "--prior", "none", "--export"])
+    head = models.load_pretrained(out / "export").head
     assert sorted(head) == ["pooler", "score"]
 
 

@@ -284,7 +284,7 @@ def test_harder_options_validation_and_missing_clues(tmp_path):
         synthetic.SyntheticZeshelConfig(attribute_values=1)
     with pytest.raises(ValueError, match="namesakes: expected at most attribute_values"):
         synthetic.SyntheticZeshelConfig(attribute_values=2, namesakes=9)
-    with pytest.raises(ValueError, match="mention_clues must be in"):
+    with pytest.raises(ValueError, match="mention_clues: expected a value in"):
         synthetic.SyntheticZeshelConfig(mention_clues=4)
     assert synthetic.read_matching(tmp_path, "val") is None
     (tmp_path / "clues").mkdir()

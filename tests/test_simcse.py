@@ -225,7 +225,8 @@ def test_grad_cache_composes_with_data_parallelism_and_accumulation(tiny):
     results = []
     for kw in ({}, {"loss_impl": "blockwise", "block_size": 4, "grad_cache_chunk": 1}):
         net = simcse.SimCSE(encoder, pooling="cls", loss="focal", temperature=TAU, margin=M, **kw)
-        state = state_lib.create_train_state(net.init(enc_params, jax.random.key(1)), opt, seed=0)
+        fresh = jax.tree.map(np.array, enc_params)  # host copies: the step donates its state
+        state = state_lib.create_train_state(net.init(fresh, jax.random.key(1)), opt, seed=0)
         step = dp.compile(step_lib.make_train_step(net.loss_fn, opt, grad_accum=2, axis_name=dp.axis_name))
         state, metrics = step(dp.put_state(state), dp.put_batch(rows))
         results.append((dp.state_to_host(state).params, dp.metrics_to_host(metrics)))
