@@ -9,17 +9,24 @@ unsupervised setting (``--pooler_type cls --mlp_only_train``), which Focal-InfoN
 are all-gathered so every sentence of the global batch is a negative.
 
 Parameters are ``{"encoder": ..., "mlp": ...}`` (``"mlp"`` only with ``pooling="cls"``).
+
+Two batch layouts, the same loss: padded (``input_ids``/``attention_mask`` [B, L], each view one encoder pass) or
+packed (:func:`pack_batch`: both views of every sentence packed into rows of ``row_length`` tokens and encoded in one
+pass, :mod:`hnjax.data.packing`), which computes the real tokens and little else.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from hnjax import losses
-from hnjax.models import bert, poolers
+from hnjax.data import packing
+from hnjax.models import bert, packed, poolers
 
 LOSSES = ("infonce", "focal")
 POOLINGS = ("cls", "mean")
@@ -35,6 +42,7 @@ class SimCSE:
       loss: "infonce" or "focal".
       temperature: τ (0.05 in both papers).
       margin: m of Focal-InfoNCE (0.3).
+      row_length: tokens per row of packed batches (:func:`pack_batch` must use the same).
     """
 
     encoder: bert.BertModel
@@ -42,6 +50,7 @@ class SimCSE:
     loss: str = "focal"
     temperature: float = 0.05
     margin: float = 0.3
+    row_length: int = 128
 
     def __post_init__(self):
         if self.pooling not in POOLINGS:
@@ -50,6 +59,8 @@ class SimCSE:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not isinstance(self.row_length, int) or self.row_length < 1:
+            raise ValueError(f"row_length must be a positive integer, got {self.row_length!r}")
 
     @property
     def head(self) -> poolers.MLPHead:
@@ -75,25 +86,88 @@ class SimCSE:
         pooled = poolers.cls(hidden, mask)  # [B, D]
         return self.head.apply({"params": params["mlp"]}, pooled) if training else pooled
 
+    def embed_packed(self, params: dict, stream: dict, *, key: jax.Array | None = None) -> jax.Array:
+        """Sentence vectors of a packed stream (:mod:`hnjax.models.packed`): slots [B, (K,) L] → [B, (K,) D].
+
+        Equal to :meth:`embed` of the same sentences padded (no dropout); with a dropout ``key`` every packed copy of
+        a sentence gets its own mask, and the MLP head is applied for "cls" pooling.
+        """
+        training = key is not None
+        flat = packed.encode(
+            self.encoder, params["encoder"], stream, row_length=self.row_length, deterministic=not training,
+            rngs={"dropout": key} if training else None,
+        )  # [T, D]  # fmt: skip
+        slots, mask = stream["slots"], stream["mask"]
+        if self.pooling == "mean":
+            hidden = packed.gather(flat, slots, mask)  # [..., L, D]
+            lead = slots.shape[:-1]
+            flat_hidden = hidden.reshape((-1,) + hidden.shape[-2:])
+            return poolers.mean(flat_hidden, mask.reshape(flat_hidden.shape[:2])).reshape(lead + (-1,))
+        pooled = packed.first(flat, slots)  # [..., D]
+        return self.head.apply({"params": params["mlp"]}, pooled) if training else pooled
+
     def loss_fn(self, params: dict, batch: dict, key: jax.Array, axis_name: str | None = None):
         """The training loss of one batch of sentences.
 
         Args:
           params: ``{"encoder", "mlp"}``.
-          batch: ``input_ids`` and ``attention_mask`` [B, L]; optional ``valid`` [B] bool (rows added to fill a
-            batch, which are neither anchors nor negatives).
-          key: the step's key; the two views use ``fold_in(key, 0)`` and ``fold_in(key, 1)``.
+          batch: padded, ``input_ids`` and ``attention_mask`` [B, L]; or packed (:func:`pack_batch`), the two views
+            of every sentence in one stream with ``slots`` [B, 2, L]; optional ``valid`` [B] bool (rows added to
+            fill a batch, which are neither anchors nor negatives).
+          key: the step's key; padded: the two views use ``fold_in(key, 0)`` and ``fold_in(key, 1)``; packed: one
+            pass with ``fold_in(key, 0)`` (each copy of a sentence gets its own dropout mask).
           axis_name: mapped axis to gather negatives over (data parallelism), or None.
 
         Returns:
           (loss, {}) — the mean over the valid rows of the global batch.
         """
-        ids, mask = batch["input_ids"], batch["attention_mask"]
-        z1 = self.embed(params, ids, mask, key=jax.random.fold_in(key, 0))  # [B, D]
-        z2 = self.embed(params, ids, mask, key=jax.random.fold_in(key, 1))  # [B, D]
+        if packed.is_packed(batch):
+            views = self.embed_packed(params, packed.stream(batch), key=jax.random.fold_in(key, 0))  # [B, 2, D]
+            if views.ndim != 3 or views.shape[1] != 2:
+                raise ValueError(f"batch: expected a packed stream of 2 views per sentence, got vectors {views.shape}")
+            z1, z2 = views[:, 0], views[:, 1]
+        else:
+            ids, mask = batch["input_ids"], batch["attention_mask"]
+            z1 = self.embed(params, ids, mask, key=jax.random.fold_in(key, 0))  # [B, D]
+            z2 = self.embed(params, ids, mask, key=jax.random.fold_in(key, 1))  # [B, D]
         valid = batch.get("valid")
         if self.loss == "focal":
             value = losses.focal_infonce(z1, z2, self.temperature, self.margin, axis_name, valid=valid)
         else:
             value = losses.infonce(z1, z2, self.temperature, axis_name=axis_name, valid=valid)
         return value, {}
+
+
+def pack_batch(
+    sentences: Sequence[Sequence[int]],
+    *,
+    row_length: int,
+    length: int,
+    rows: int | None = None,
+    devices: int = 1,
+    grad_accum: int = 1,
+    pad_id: int = 0,
+) -> dict[str, np.ndarray]:
+    """A packed SimCSE batch: both views of every sentence in one stream, filled up to ``rows`` examples.
+
+    Args:
+      sentences: B token id sequences (special tokens included), each 1 to ``length`` tokens.
+      row_length: tokens per packed row (the model's ``row_length``).
+      length: L of the per-view slot maps (e.g. the tokenizer's bucket of the longest sentence).
+      rows: examples in the batch (≥ B; filler rows repeat the first sentence, ``valid = False``); default B.
+      devices, grad_accum: the training step's layout (:func:`hnjax.data.packing.group_rows`).
+      pad_id: padding token id.
+
+    Returns:
+      ``tokens``, ``types``, ``positions``, ``segments`` [rows, C], ``slots``/``mask`` [rows, 2, L] and ``valid``
+      [rows] (NumPy).
+    """
+    examples, valid = packing.pad_examples(list(sentences), len(sentences) if rows is None else rows)
+    groups = packing.group_rows(len(examples), devices=devices, grad_accum=grad_accum)
+    order = list(range(len(sentences))) + [0] * (len(examples) - len(sentences))
+    out = packing.pack(
+        [[s, s] for s in examples], row_length=row_length, length=length, groups=groups, pad_id=pad_id,
+        keys=[[(i, 0), (i, 1)] for i in order],
+    ).as_batch()  # fmt: skip
+    out["valid"] = valid
+    return out
