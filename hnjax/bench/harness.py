@@ -150,7 +150,12 @@ def _recv(conn, what: str, proc) -> Any:
 
 
 def run_interleaved(
-    jobs: list[Job], *, rounds: int, round_seconds: float, progress: Callable[[], None] | None = None
+    jobs: list[Job],
+    *,
+    rounds: int,
+    round_seconds: float,
+    progress: Callable[[], None] | None = None,
+    skip_failed: bool = False,
 ) -> list[dict]:
     """Sets each job up in its own process, one after the other, then times them round-robin.
 
@@ -159,6 +164,9 @@ def run_interleaved(
         rounds: timing rounds; each runs every job for about ``round_seconds`` (at least one step).
         round_seconds: target seconds per job and round (the step count is fixed from a probe step).
         progress: called after each set-up and each round.
+        skip_failed: a job whose set-up fails (an exception, or a crash such as an illegal instruction from an
+            unsupported XLA flag) is reported as ``{"impl", "error"}`` and left out of the rounds, instead of
+            raising.
 
     Returns:
         One dict per job: ``impl``, ``steps_per_s`` (median over rounds), ``steps_per_s_rounds``,
@@ -173,18 +181,27 @@ def run_interleaved(
     if len(set(names)) != len(names):
         raise ValueError(f"jobs: expected distinct names, got {names}")
     context = multiprocessing.get_context("spawn")
-    procs, info = {}, {}
+    procs, info, failed = {}, {}, {}
     try:
         for job in jobs:
             parent, child = context.Pipe()
             proc = context.Process(target=_worker, args=(child, job, time.time()), daemon=True)
             with environment(job.env):
                 proc.start()
+            try:
+                info[job.name] = _recv(parent, f"{job.name} set-up", proc)
+            except RuntimeError as e:
+                if not skip_failed:
+                    raise
+                logger.warning("%s", e)
+                failed[job.name] = str(e)
+                proc.join(timeout=30)
+                continue
             procs[job.name] = (proc, parent)
-            info[job.name] = _recv(parent, f"{job.name} set-up", proc)
             logger.info("%s ready: %s", job.name, {k: v for k, v in info[job.name].items() if not isinstance(v, list)})
             if progress:
                 progress()
+        names = [n for n in names if n in info]
         steps = {n: max(1, round(round_seconds / max(info[n]["probe_step_s"], 1e-6))) for n in names}
         seconds = {n: [] for n in names}
         load = []
@@ -207,7 +224,11 @@ def run_interleaved(
             if proc.is_alive():
                 proc.terminate()
     out = []
-    for n in names:
+    for job in jobs:
+        n = job.name
+        if n in failed:
+            out.append({"impl": n, "error": failed[n]})
+            continue
         rates = [steps[n] / s for s in seconds[n]]
         out.append(
             {

@@ -248,3 +248,48 @@ def micro(*, case: str, dtype: str, vectors: dict) -> harness.Prepared:
     device, peak = harness.jax_device()
     info = {"xla_flops_per_step": harness.xla_flops(compiled), "compiled_shapes": 1}
     return harness.Prepared(run, loss_check, compile_s, info, device, peak)
+
+
+def encoder_batch(config, batch_size: int, length: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """[CLS] w_1 … w_{L−2} [SEP] with random word pieces, every sequence ``length`` real tokens (RoBERTa: 0 … 2)."""
+    if length > config.max_length:
+        raise ValueError(f"length: expected at most {config.max_length} for this encoder, got {length}")
+    rng = np.random.default_rng(seed)
+    bos, eos, low = (0, 2, 4) if config.model_type == "roberta" else (inputs.CLS, inputs.SEP, inputs.FIRST_WORD)
+    ids = rng.integers(low, config.vocab_size, size=(batch_size, length)).astype(np.int32)
+    ids[:, 0], ids[:, -1] = bos, eos
+    return ids, np.ones_like(ids, dtype=bool)
+
+
+def encoder_pass(
+    *, checkpoint: str, dtype: str, batch_size: int, length: int, seed: int = 0, backward: bool = False
+) -> harness.Prepared:
+    """The encoder alone on one batch (:func:`encoder_batch`): a jitted forward pass, or forward and backward
+    (the gradient of Σ hidden states with respect to every parameter). ``info["output"]``: the forward output."""
+    import jax  # noqa: PLC0415
+    import jax.numpy as jnp  # noqa: PLC0415
+
+    from hnjax import models  # noqa: PLC0415
+    from hnjax.models import flops  # noqa: PLC0415
+
+    model, params = models.from_pretrained(checkpoint, dtype=jnp.bfloat16 if dtype == "bf16" else jnp.float32)
+    ids, mask = (jnp.asarray(x) for x in encoder_batch(model.config, batch_size, length, seed))
+    forward = lambda p: model.apply({"params": p}, ids, mask)  # noqa: E731
+    fn = jax.grad(lambda p: jnp.sum(forward(p))) if backward else forward
+    start = time.perf_counter()
+    compiled = jax.jit(fn).lower(params).compile()
+    compile_s = time.perf_counter() - start
+
+    def run(n: int) -> None:
+        out = None
+        for _ in range(n):
+            out = compiled(params)
+        jax.block_until_ready(out)
+
+    info = {
+        "model_flops_per_step": flops.encoder_flops(model.config, batch_size, length, training=backward),
+        "xla_flops_per_step": harness.xla_flops(compiled),
+        "output_sample": np.asarray(jax.jit(forward)(params))[0, :2, :4].tolist(),
+    }
+    device, peak = harness.jax_device()
+    return harness.Prepared(run, None, compile_s, info, device, peak)

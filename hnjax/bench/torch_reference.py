@@ -234,3 +234,59 @@ def micro(*, case: str, dtype: str, vectors: dict, threads: int | None = None, t
             torch.cuda.synchronize(dev)
 
     return harness.Prepared(run, loss_check, None, {}, device_kind, peak)
+
+
+def encoder_pass(
+    *, checkpoint: str, dtype: str, batch_size: int, length: int, seed: int = 0, backward: bool = False,
+    threads: int | None = None, torch_device: str = "auto",
+) -> harness.Prepared:  # fmt: skip
+    """``transformers.AutoModel`` on the batch of :func:`hnjax.bench.steps.encoder_batch`, eager: forward under
+    ``inference_mode`` (bf16: the model cast to bfloat16), or forward and backward of Σ hidden states (bf16:
+    autocast)."""
+    import torch  # noqa: PLC0415
+    import transformers  # noqa: PLC0415
+
+    from hnjax import models  # noqa: PLC0415
+    from hnjax.models import flops  # noqa: PLC0415
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    dev, device_kind, peak = device(torch, torch_device)
+    path = str(models.resolve_checkpoint(checkpoint))
+    config = models.EncoderConfig.from_json(path)
+    model = transformers.AutoModel.from_pretrained(path).to(dev)
+    ids, mask = (torch.from_numpy(x.astype(np.int64)).to(dev) for x in steps.encoder_batch(config, batch_size,
+                                                                                             length, seed))  # fmt: skip
+    if backward:
+        model.train()
+        for m in model.modules():  # no dropout: the same work as the jitted gradient
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
+
+        def step() -> None:
+            model.zero_grad(set_to_none=True)
+            with autocast:
+                out = model(input_ids=ids, attention_mask=mask).last_hidden_state
+            out.float().sum().backward()
+
+    else:
+        model.eval()
+        if dtype == "bf16":
+            model = model.to(torch.bfloat16)
+
+        def step() -> None:
+            with torch.inference_mode():
+                model(input_ids=ids, attention_mask=mask)
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    with torch.inference_mode():
+        sample = model(input_ids=ids, attention_mask=mask).last_hidden_state[0, :2, :4].float().cpu().numpy()
+    info = {"model_flops_per_step": flops.encoder_flops(config, batch_size, length, training=backward),
+            "output_sample": sample.tolist()}  # fmt: skip
+    return harness.Prepared(run, None, None, info, device_kind, peak)
