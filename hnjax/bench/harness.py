@@ -262,6 +262,67 @@ def run_once(job: Job) -> dict:
     return {"impl": job.name, **report}
 
 
+def _call(conn, fn, kwargs) -> None:
+    try:
+        conn.send({"result": fn(**kwargs), "peak_mem_mb": peak_rss_mb()})
+    except Exception as e:  # reported to the parent, which raises
+        conn.send({"error": f"{type(e).__name__}: {e}\n{traceback.format_exc()}"})
+
+
+def call_in_process(
+    fn: Callable[..., Any], kwargs: dict, *, env: dict | None = None, timeout: float | None = None
+) -> tuple[Any, float]:
+    """Runs ``fn(**kwargs)`` in a fresh spawned process (its own memory high-water mark and environment).
+
+    Args:
+        fn: module-level function (pickled by name); its result must be picklable.
+        kwargs: its arguments.
+        env: environment variables for the process.
+        timeout: seconds to wait before the process is ended and a ``TimeoutError`` raised.
+
+    Returns:
+        (result, the process's peak resident memory in MB).
+
+    Raises:
+        RuntimeError: the function raised (the message holds its traceback) or the process died.
+        TimeoutError: it ran past ``timeout``.
+    """
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe()
+    proc = context.Process(target=_call, args=(child, fn, kwargs), daemon=True)
+    with environment(env or {}):
+        proc.start()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        while not parent.poll(1.0):
+            if not proc.is_alive():
+                raise RuntimeError(f"{getattr(fn, '__name__', fn)}: the process died (exit code {proc.exitcode})")
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"{getattr(fn, '__name__', fn)}: no result within {timeout} s")
+        message = parent.recv()
+    finally:
+        proc.join(timeout=5)
+        if proc.is_alive():
+            proc.terminate()
+    if "error" in message:
+        raise RuntimeError(f"{getattr(fn, '__name__', fn)} failed in its process:\n{message['error']}")
+    return message["result"], message["peak_mem_mb"]
+
+
+def compiled_memory(compiled) -> dict[str, int]:
+    """XLA's memory analysis of a compiled program: argument, output, temporary and aliased bytes, and the peak
+    estimate arguments + outputs + temporaries − aliased."""
+    mem = compiled.memory_analysis()
+    out = {
+        "argument_bytes": int(mem.argument_size_in_bytes),
+        "output_bytes": int(mem.output_size_in_bytes),
+        "temp_bytes": int(mem.temp_size_in_bytes),
+        "alias_bytes": int(mem.alias_size_in_bytes),
+    }
+    out["peak_estimate_bytes"] = out["argument_bytes"] + out["output_bytes"] + out["temp_bytes"] - out["alias_bytes"]
+    return out
+
+
 class PeakMemory:
     """Peak resident memory above the level at entry (MB), sampled every 5 ms from ``/proc/self/statm``.
 

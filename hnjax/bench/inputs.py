@@ -238,3 +238,32 @@ def encoder_checkpoint(name: str, directory: str, *, seed: int = 0, **overrides)
     return str(
         models.save_pretrained(os.path.join(directory, name), config, models.init_params(config, jax.random.key(seed)))
     )
+
+
+def mining_vectors(kind: str, n: int, n_queries: int, dim: int, *, noise: float, n_centres: int, seed: int):
+    """Corpus [n, dim] and queries [n_queries, dim], float32, unit norm, for the index benchmark.
+
+    ``clustered``: ``n_centres`` random unit centres; each vector = a uniformly chosen centre + noise · g / sqrt(D),
+    g ~ N(0, I), then normalised (‖noise‖ ≈ ``noise``); queries are fresh draws from the same mixture.
+    ``gaussian``: isotropic N(0, I) vectors, normalised (the worst case for any ANN index).
+    """
+    if kind not in ("clustered", "gaussian"):
+        raise ValueError(f"kind: expected 'clustered' or 'gaussian', got {kind!r}")
+    rng = np.random.default_rng(seed)
+
+    def unit(x):
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    if kind == "gaussian":
+        return unit(rng.standard_normal((n, dim), np.float32)), unit(rng.standard_normal((n_queries, dim), np.float32))
+    centres = unit(rng.standard_normal((n_centres, dim), np.float32))
+
+    def draw(m):
+        out = np.empty((m, dim), np.float32)
+        for s in range(0, m, 100_000):  # bounded temporaries
+            e = min(s + 100_000, m)
+            noise_part = rng.standard_normal((e - s, dim), np.float32) * np.float32(noise / np.sqrt(dim))
+            out[s:e] = centres[rng.integers(0, n_centres, e - s)] + noise_part
+        return unit(out)
+
+    return draw(n), draw(n_queries)
