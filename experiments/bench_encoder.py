@@ -13,7 +13,7 @@ Run (from the repository root):
 
     python experiments/bench_encoder.py --batch-size 32 --max-length 128 --out runs/bench_encoder.json
     python experiments/bench_encoder.py --backward --batch-size 32 --max-length 128 --impls torch-fp32 \
-        --xla-flag-sets default,onednn,xnn_dot,xnn_greedy,ynn_dot,custom_tiling --out runs/xla_flags.json
+        --xla-flag-sets default,onednn,xnn_dot,xnn_greedy,ynn_dot,vector_512 --out runs/xla_flags.json
 
 Output JSON: {"rows": [{"impl", "dtype", "flags", "seq_per_s", "compile_s", "seq_per_s_rounds", "model_tflops_per_s",
 "peak_mem_mb", ...}], "parity_padded_batch": {impl: max |Δ| vs torch-fp32 on a copy of the batch with random lengths

@@ -32,7 +32,6 @@ CPU_FLAG_SETS: dict[str, str] = {
     "xnn_dot": "--xla_cpu_experimental_xnn_fusion_type=dot",
     "xnn_greedy": "--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY",
     "ynn_dot": "--xla_cpu_experimental_ynn_fusion_type=dot",
-    "custom_tiling": "--xla_cpu_enable_custom_matmul_tiling=true",
     "vector_512": "--xla_cpu_prefer_vector_width=512",
 }
 
