@@ -20,6 +20,7 @@ BERT = bert.EncoderConfig(
     max_position_embeddings=24, hidden_act="gelu_new", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
 )  # fmt: skip
 ROBERTA = dataclasses.replace(BERT, model_type="roberta", pad_token_id=1, type_vocab_size=1, max_position_embeddings=26)
+ONE_LAYER = dataclasses.replace(BERT, num_hidden_layers=1)  # the task tests: cheaper to compile, same code paths
 
 
 def _params(config, seed=0):
@@ -285,8 +286,8 @@ def test_bert_model_checks_packed_arguments():
 def test_simcse_packed_loss_and_gradients_equal_padded(pooling):
     rng = np.random.default_rng(7)
     sentences = _sequences(rng, 6, 2, 16)
-    task = simcse.SimCSE(bert.BertModel(BERT), pooling=pooling, loss="focal", row_length=32)
-    params = task.init(_params(BERT), jax.random.key(1))
+    task = simcse.SimCSE(bert.BertModel(ONE_LAYER), pooling=pooling, loss="focal", row_length=32)
+    params = task.init(_params(ONE_LAYER), jax.random.key(1))
     ids, mask, _ = _pad(sentences, 16)
     padded = {"input_ids": ids, "attention_mask": mask, "valid": np.array([1, 1, 1, 1, 1, 0], bool)}
     batch = simcse.pack_batch(sentences[:5], row_length=32, length=16, rows=6)  # row 5: filler, not valid
@@ -304,8 +305,8 @@ def test_retriever_packed_loss_and_gradients_equal_padded(scorer):
     mentions, pool = _sequences(rng, 4, 2, 12), _sequences(rng, 7, 3, 14)
     cand = np.array([[0, 4, 5], [1, 4, 6], [2, 5, 6], [3, 4, 0]])
     config = retriever.RetrieverConfig(scorer=scorer, num_entity_vectors=3, num_codes=2, row_length=32)
-    task = retriever.Retriever(bert.BertModel(BERT), config)
-    params = task.init(_params(BERT), jax.random.key(1))
+    task = retriever.Retriever(bert.BertModel(ONE_LAYER), config)
+    params = task.init(_params(ONE_LAYER), jax.random.key(1))
     batch = retriever.pack_batch(
         mentions, [[pool[c] for c in row] for row in cand], candidate_keys=cand.tolist(), row_length=32,
         mention_length=12, entity_length=14,
@@ -330,8 +331,8 @@ def test_retriever_packed_batch_through_accumulating_train_step():
     rng = np.random.default_rng(9)
     mentions, pool = _sequences(rng, 3, 2, 10), _sequences(rng, 6, 2, 10)
     cand = np.array([[0, 3, 4], [1, 3, 5], [2, 4, 5]])
-    task = retriever.Retriever(bert.BertModel(BERT), retriever.RetrieverConfig(scorer="som", row_length=16))
-    params = task.init(_params(BERT), jax.random.key(1))
+    task = retriever.Retriever(bert.BertModel(ONE_LAYER), retriever.RetrieverConfig(scorer="som", row_length=16))
+    params = task.init(_params(ONE_LAYER), jax.random.key(1))
     packed_batch = retriever.pack_batch(
         mentions, [[pool[c] for c in row] for row in cand], candidate_keys=cand.tolist(), row_length=16,
         mention_length=10, entity_length=10, rows=4, grad_accum=2,
@@ -348,3 +349,22 @@ def test_retriever_packed_batch_through_accumulating_train_step():
     _close(ma["loss"], mb["loss"], "loss")
     _close(ma["grad_norm"], mb["grad_norm"], "gradient norm")
     _grads_close(sa.params, sb.params)
+
+
+def test_fixed_groups_fit_one_static_shape():
+    rng = np.random.default_rng(10)
+    lengths = rng.integers(1, 17, size=300)
+    groups = packing.fixed_groups(lengths, row_length=32, rows=5, max_sequences=12)
+    np.testing.assert_array_equal(np.concatenate(groups), np.arange(300))  # every sequence once, in order
+    for g in groups:
+        assert 1 <= len(g) <= 12
+        assert packing.first_fit_decreasing(lengths[g], 32)[2] <= 5  # what pack() will need
+    assert np.mean([lengths[g].sum() for g in groups[:-1]]) > 0.7 * min(12 * lengths.mean(), 5 * 32)
+
+
+def test_unpad_returns_real_tokens_and_rejects_gaps():
+    ids = np.array([[5, 6, 0], [7, 0, 0]])
+    seqs, types = packing.unpad(ids, ids > 0, np.ones_like(ids))
+    assert [s.tolist() for s in seqs] == [[5, 6], [7]] and [t.tolist() for t in types] == [[1, 1], [1]]
+    with pytest.raises(ValueError, match="row 0 has padding before real tokens"):
+        packing.unpad(ids, np.array([[True, False, True], [True, False, False]]))

@@ -331,6 +331,25 @@ def test_encode_sentences_compiles_once_per_bucket(tiny, tokenizer, caplog):
     np.testing.assert_allclose(got[:6], got[6:12], rtol=1e-5, atol=1e-6)  # same sentence, same vector
 
 
+def test_packed_encoding_compiles_once_and_equals_padded(tiny, tokenizer):
+    _, model, params = tiny
+    traces = []
+    inner = embed.make_packed_encode_fn(model, pooling="mean", row_length=24)
+
+    def counting(params, stream):
+        traces.append(stream["slots"].shape)
+        return inner(params, stream)
+
+    encode_fn = embed.PackedEncodeFn(jax.jit(counting), row_length=24)
+    many = [s for s in SENTENCES if s] * 5  # 30 sentences, 4 per call at most
+    got = embed.encode_sentences(model, params, tokenizer, many, batch_size=4, max_length=16, encode_fn=encode_fn,
+                                 progress=False)  # fmt: skip
+    assert len(traces) == 1  # one static shape for every group
+    ref = embed.encode_sentences(model, params, tokenizer, many, batch_size=4, max_length=16, pack=False,
+                                 buckets=(16,), progress=False)  # fmt: skip
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
 def test_encode_sentences_validation(tiny, tokenizer):
     _, model, params = tiny
     with pytest.raises(ValueError, match="at least one sentence"):

@@ -355,3 +355,51 @@ def counts(segments: np.ndarray, *, row_length: int, groups: Sequence[np.ndarray
         out["grid_tokens"] += rows * row_length
         out["stored"] += len(np.unique(used[used > 0]))
     return out
+
+
+def unpad(ids: np.ndarray, mask: np.ndarray, types: np.ndarray | None = None) -> tuple[list, list | None]:
+    """The real tokens of each row of a padded batch (masks must be prefixes: real tokens first, then padding).
+
+    Returns:
+        (token id arrays, token type arrays or None), one per row.
+    """
+    ids, mask = np.asarray(ids), np.asarray(mask).astype(bool)
+    if ids.shape != mask.shape or ids.ndim != 2:
+        raise ValueError(f"ids, mask: expected two [N, L] arrays of one shape, got {ids.shape} and {mask.shape}")
+    lengths = mask.sum(axis=1)
+    if not np.array_equal(mask, np.arange(ids.shape[1])[None, :] < lengths[:, None]):
+        bad = int(np.flatnonzero((mask != (np.arange(ids.shape[1])[None, :] < lengths[:, None])).any(axis=1))[0])
+        raise ValueError(f"mask: row {bad} has padding before real tokens; expected real tokens first")
+    seqs = [ids[i, :n] for i, n in enumerate(lengths)]
+    return seqs, None if types is None else [np.asarray(types)[i, :n] for i, n in enumerate(lengths)]
+
+
+def fixed_groups(lengths: Sequence[int], *, row_length: int, rows: int, max_sequences: int) -> list[np.ndarray]:
+    """Splits sequences, in their order, into consecutive groups that each fit ``rows`` rows of ``row_length`` tokens
+    (first fit) and hold at most ``max_sequences``: every group then packs into one static shape.
+
+    Returns:
+        Arrays of sequence indices, in order.
+    """
+    lengths = np.asarray(lengths, np.int64)
+    if lengths.size and (lengths.min() < 1 or lengths.max() > row_length):
+        raise ValueError(f"lengths: expected values in [1, {row_length}], got [{lengths.min()}, {lengths.max()}]")
+    groups, start = [], 0
+    fill = np.zeros(rows, np.int64)
+    for i, n in enumerate(lengths):
+        fits = np.flatnonzero(fill + n <= row_length)
+        if not fits.size or i - start == max_sequences:
+            groups.append(np.arange(start, i))
+            start, fill[:] = i, 0
+            fits = np.array([0])
+        fill[fits[0]] += n
+    if start < len(lengths):
+        groups.append(np.arange(start, len(lengths)))
+    out: list[np.ndarray] = []
+    while groups:  # :func:`pack` places by first-fit decreasing, which on rare inputs needs a row more: split those
+        g = groups.pop(0)
+        if len(g) > 1 and first_fit_decreasing(lengths[g], row_length)[2] > rows:
+            groups[:0] = [g[: len(g) // 2], g[len(g) // 2 :]]
+        else:
+            out.append(g)
+    return out
