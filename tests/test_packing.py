@@ -7,6 +7,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numerics
 import numpy as np
 import pytest
 
@@ -50,19 +51,14 @@ def _pad(seqs, length, pad_id=0, types=None):
     return ids, ids != pad_id, tt
 
 
-def _close(got, ref, what, scale=1e-5, magnitude=None):
-    """|got − ref| ≤ scale·(M + |ref|): an absolute term set by the magnitude M of the quantities involved (default
-    max|ref|) plus a relative one."""
-    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
-    bound = scale * ((np.max(np.abs(ref)) if magnitude is None else magnitude) + np.abs(ref))
-    worst = np.max(np.abs(got - ref) - bound) if ref.size else -1.0
-    assert worst <= 0, (
-        f"{what}: max |Δ| {np.max(np.abs(got - ref)):.3g} exceeds the bound (max|ref| {np.max(np.abs(ref)):.3g})"
-    )
+def _close(got, ref, what, magnitude=None):
+    """The suite's tolerance policy (tests/numerics.py): 64 float32 ulps of the largest magnitude involved (default
+    max|ref|) plus 1e-5 relative."""
+    numerics.assert_close(got, ref, scale=magnitude, err_msg=what)
 
 
 def _grads_close(ga, gb):
-    """Every gradient leaf within 1e-5 of the reference, relative to the largest gradient entry: some leaves are zero
+    """Every gradient leaf, with the largest gradient entry of the whole tree as the magnitude: some leaves are zero
     up to rounding (the attention key bias, which the softmax cancels), so their own scale is no yardstick."""
     flat_a, flat_b = jax.tree_util.tree_leaves_with_path(ga), jax.tree_util.tree_leaves(gb)
     magnitude = max(float(np.max(np.abs(b))) for b in flat_b)

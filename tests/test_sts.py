@@ -13,6 +13,7 @@ import shutil
 
 import jax
 import jax.numpy as jnp
+import numerics
 import numpy as np
 import pytest
 import scipy.stats
@@ -347,7 +348,7 @@ def test_packed_encoding_compiles_once_and_equals_padded(tiny, tokenizer):
     assert len(traces) == 1  # one static shape for every group
     ref = embed.encode_sentences(model, params, tokenizer, many, batch_size=4, max_length=16, pack=False,
                                  buckets=(16,), progress=False)  # fmt: skip
-    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    numerics.assert_close(got, ref)
 
 
 def test_encode_sentences_validation(tiny, tokenizer):
