@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hnjax import embed, export, models, simcse
+from hnjax import embed, export, models, plots, simcse
 from hnjax import eval as ev
 from hnjax.data import sts, text, tokenize
 from hnjax.train import config as config_lib
@@ -60,29 +60,11 @@ def parse_args(argv=None):
     p.add_argument("--no-start-eval", dest="start_eval", action="store_false",
                    help="do not evaluate the starting encoder (step 0 of the dev curve)")  # fmt: skip
     defaults = config_lib.TrainConfig(batch_size=64, lr=3e-5, eval_every=125, max_steps=1)
-    config_lib.add_train_arguments(p, defaults)
-    p.set_defaults(max_steps=None)
+    config_lib.add_train_arguments(p, defaults, epochs=1.0, require_out=True)
     args = p.parse_args(argv)
-    if args.out is None:
-        p.error("--out is required")
     if args.max_length < 4:
         p.error(f"--max-length must be >= 4, got {args.max_length}")
     return args
-
-
-def plot_curve(curve: list[dict], path: str, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot([c["step"] for c in curve], [c["stsb_dev_spearman"] for c in curve], marker="o")
-    ax.set(xlabel="step", ylabel="STS-B dev Spearman ×100", title=title)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def main(argv=None) -> dict:
@@ -90,9 +72,7 @@ def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     out = pathlib.Path(args.out)
     corpus = text.LineCorpus(args.corpus)
-    if args.max_steps is None:
-        args.max_steps = math.ceil(len(corpus) / (args.batch_size * args.grad_accum))  # one epoch
-    config = config_lib.config_from_args(args)
+    config = config_lib.config_from_args(args, num_examples=len(corpus))
 
     model_dir = models.resolve_checkpoint(args.model)
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
@@ -160,7 +140,7 @@ def main(argv=None) -> dict:
     results = {
         "loss": args.loss,
         "seed": args.seed,
-        "steps": args.max_steps,
+        "steps": config.max_steps,
         "best_dev_spearman": best["stsb_dev_spearman"],
         "best_step": best["step"],
         "dev_curve": curve,
@@ -171,7 +151,7 @@ def main(argv=None) -> dict:
         "devices": jax.device_count(),
     }
     metrics.write_results(out, results)
-    plot_curve(curve, str(out / "dev_spearman.png"), f"{args.loss}, seed {args.seed}")
+    plots.dev_curve(curve, str(out / "dev_spearman.png"), f"{args.loss}, seed {args.seed}")
     logger.info("best STS-B dev Spearman %.2f at step %s; results in %s", best["stsb_dev_spearman"], best["step"], out)
     return results
 

@@ -218,11 +218,8 @@ def main(argv=None) -> dict:
         for name, entry in reference.items():
             results[name]["spearman_torch"] = entry["spearman"]
             results[name]["spearman_diff"] = results[name]["spearman"] - entry["spearman"]
-            if name not in sets:
-                continue
-            pairs = [p for sub in sets[name].subsets.values() for p in zip(sub.sentences1, sub.sentences2)]
-            cos = [ev.cosine_similarity([v[a] for a, _ in pairs], [v[b] for _, b in pairs]) for v in (ours, theirs)]
-            results[name]["cosine_max_abs_diff"] = float(np.max(np.abs(cos[0] - cos[1])))
+        for name, diff in ev.sts_cosine_agreement(sets, ours, theirs).items():
+            results[name]["cosine_max_abs_diff"] = diff
         diff = np.max(np.abs(np.stack(list(ours.values())) - np.stack([theirs[s] for s in ours])))
         logger.info("max |hnjax - torch| over %d sentence vectors: %.3g", len(ours), diff)
 

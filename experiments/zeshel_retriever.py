@@ -29,14 +29,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import pathlib
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
 
 from hnjax import eval as ev
 from hnjax import export, mining, models, retriever
@@ -73,30 +71,13 @@ def parse_args(argv=None):
     p.add_argument("--export", action="store_true",
                    help="also write OUT/export: the towers as ST folders and the scorer JSON")  # fmt: skip
     defaults = config_lib.TrainConfig(batch_size=16, grad_accum=2, lr=1e-5, max_steps=1)
-    config_lib.add_train_arguments(p, defaults)
-    p.add_argument("--epochs", type=float, default=4.0, help="epochs when --max-steps is not given (default 4)")
-    p.set_defaults(max_steps=None)
+    config_lib.add_train_arguments(p, defaults, epochs=4.0, require_out=True)
     args = p.parse_args(argv)
-    if args.out is None:
-        p.error("--out is required")
     if not 0.0 <= args.hard_share <= 1.0:
         p.error(f"--hard-share must be in [0, 1], got {args.hard_share}")
     if args.num_negatives < 1:
         p.error(f"--num-negatives must be >= 1, got {args.num_negatives}")
     return args
-
-
-def encode_in_batches(fn, params, ids, mask, batch_size, desc):
-    """Runs a jitted ``fn(params, ids, mask) -> (vectors [b, n, D], mask [b, n])`` over [N, L] arrays (last batch
-    padded to full size: one compilation)."""
-    vecs, masks = [], []
-    for start in tqdm.trange(0, len(ids), batch_size, desc=desc, leave=False):
-        take = np.minimum(np.arange(start, start + batch_size), len(ids) - 1)
-        v, m = fn(params, ids[take], mask[take])
-        n = min(batch_size, len(ids) - start)
-        vecs.append(np.asarray(v)[:n])
-        masks.append(np.asarray(m)[:n])
-    return np.concatenate(vecs), np.concatenate(masks)
 
 
 def main(argv=None) -> dict:
@@ -128,20 +109,24 @@ def main(argv=None) -> dict:
     k = args.num_negatives
     if k > len(pool) - 1:
         raise SystemExit(f"--num-negatives {k} exceeds the {len(pool) - 1} non-gold training entities")
-    if args.max_steps is None:
-        args.max_steps = max(1, math.ceil(args.epochs * len(train_mentions) / (args.batch_size * args.grad_accum)))
-    config = config_lib.config_from_args(args)
+    config = config_lib.config_from_args(args, num_examples=len(train_mentions))
 
     encode_entities = jax.jit(lambda p, i, m: ret.encode_entities(p, i, m))
     encode_mentions = jax.jit(lambda p, i, m: ret.encode_mentions(p, i, m))
     single = args.scorer == "dual"
 
+    def entity_tokens(p, batch):  # (vectors [b, n, D], mask [b, n])
+        return encode_entities(p, batch["ids"], batch["mask"])
+
+    def mention_tokens(p, batch):
+        return encode_mentions(p, batch["ids"], batch["mask"])
+
     def entity_fn(p, batch):
-        v, m = encode_entities(p, batch["ids"], batch["mask"])
+        v, m = entity_tokens(p, batch)
         return v[:, 0] if single else (v, m)
 
     def mention_fn(p, batch):
-        v, m = encode_mentions(p, batch["ids"], batch["mask"])
+        v, m = mention_tokens(p, batch)
         return v[:, 0] if single else (v, m)
 
     recipe = (mining.Recipe("model") if args.negatives == "model" else
@@ -188,8 +173,10 @@ def main(argv=None) -> dict:
             ents = list(data.documents[world].values())
             ei, em = zeshel.pad_ids(zeshel.entity_input_ids(tokenizer, ents, max_length=length), length=length)
             mi, mm = zeshel.pad_ids(zeshel.mention_input_ids(tokenizer, data, ms, max_length=length), length=length)
-            d, dm = encode_in_batches(encode_entities, trained, ei, em, args.eval_batch_size, f"{split}/{world}")
-            q, qm = encode_in_batches(encode_mentions, trained, mi, mm, args.eval_batch_size, f"{split}/{world}")
+            d, dm = mining.encode(entity_tokens, trained, {"ids": ei, "mask": em}, batch_size=args.eval_batch_size,
+                                  desc=f"{split}/{world}", progress=config.progress)  # fmt: skip
+            q, qm = mining.encode(mention_tokens, trained, {"ids": mi, "mask": mm}, batch_size=args.eval_batch_size,
+                                  desc=f"{split}/{world}", progress=config.progress)  # fmt: skip
             scores, idx = retriever.top_k(ret, jnp.asarray(q), jnp.asarray(qm), jnp.asarray(d), jnp.asarray(dm),
                                           max(RECALL_KS))  # fmt: skip
             doc_ids = np.array([e.document_id for e in ents])
@@ -208,7 +195,7 @@ def main(argv=None) -> dict:
             results[split] = {**recall, "mentions": len(ranked)}
             logger.info("%s: %s", split, results[split])
     results.update(
-        scorer=args.scorer, hard_share=args.hard_share, negatives=args.negatives, steps=args.max_steps,
+        scorer=args.scorer, hard_share=args.hard_share, negatives=args.negatives, steps=config.max_steps,
         seed=args.seed, **metrics.run_summary(out, result.time_split), eval_s=time.perf_counter() - started,
         config={**config.to_dict(), **extra},
     )  # fmt: skip

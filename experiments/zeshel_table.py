@@ -12,31 +12,23 @@ Reads ``RUN/results.json`` and ``RUN/candidates/{val,test}.jsonl`` of every run 
 Run (from the repository root):
 
     python experiments/zeshel_table.py --data runs/zs/data runs/zs/dual-p0.0 runs/zs/dual-p0.5 \\
-        --compare runs/zs/dual-p0.0:runs/zs/dual-p0.5 --json runs/zs/table.json
+        --compare runs/zs/dual-p0.0:runs/zs/dual-p0.5 --out runs/zs/table.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import pathlib
 
+import numpy as np
+
+from hnjax import eval as ev
 from hnjax.data import zeshel
+from hnjax.train import metrics
 
 SPLITS = ("val", "test")
 KS = (1, 4, 8, 64)
-
-
-def mcnemar_exact(only_a: int, only_b: int) -> float:
-    """Two-sided exact McNemar p-value: P(a split of the n = only_a + only_b discordant pairs at least this uneven)
-    under Binomial(n, 1/2); 1.0 when there is none."""
-    n = only_a + only_b
-    if n == 0:
-        return 1.0
-    low = min(only_a, only_b)
-    tail = sum(math.comb(n, i) for i in range(low + 1)) / 2.0**n
-    return min(1.0, 2.0 * tail)
 
 
 def gold_labels(data: pathlib.Path) -> dict[str, str]:
@@ -70,18 +62,10 @@ def compare(a: pathlib.Path, b: pathlib.Path, gold: dict[str, str]) -> dict:
     ha, hb = top1_hits(a, gold), top1_hits(b, gold)
     if set(ha) != set(hb):
         raise ValueError(f"{a} and {b} rank different mentions ({len(set(ha) ^ set(hb))} differ)")
-    only_a = sum(ha[m] and not hb[m] for m in ha)
-    only_b = sum(hb[m] and not ha[m] for m in ha)
-    return {
-        "a": str(a),
-        "b": str(b),
-        "mentions": len(ha),
-        "r1_a": sum(ha.values()) / len(ha),
-        "r1_b": sum(hb.values()) / len(hb),
-        "only_a": only_a,
-        "only_b": only_b,
-        "mcnemar_p": mcnemar_exact(only_a, only_b),
-    }
+    order = sorted(ha)
+    c = ev.paired_comparison(np.array([ha[m] for m in order]), np.array([hb[m] for m in order]))
+    return {"a": str(a), "b": str(b), "mentions": c["items"], "r1_a": c["accuracy_a"], "r1_b": c["accuracy_b"],
+            "only_a": c["only_a"], "only_b": c["only_b"], "mcnemar_p": c["mcnemar_p"]}  # fmt: skip
 
 
 def main(argv=None) -> dict:
@@ -89,13 +73,13 @@ def main(argv=None) -> dict:
     parser.add_argument("runs", nargs="+", help="run folders of experiments/zeshel_retriever.py")
     parser.add_argument("--data", required=True, help="the data folder the runs were evaluated on")
     parser.add_argument("--compare", nargs="*", default=[], metavar="A:B", help="pairs of run folders to compare")
-    parser.add_argument("--json", default=None, help="also write the rows and comparisons here")
+    parser.add_argument("--out", default=None, help="JSON file to also write the rows and comparisons to")
     args = parser.parse_args(argv)
     rows = []
     print("| run | " + " | ".join(f"{s} R@{k}" for s in SPLITS for k in KS) + " |")
     print("|---" * (1 + len(SPLITS) * len(KS)) + "|")
     for run in map(pathlib.Path, args.runs):
-        results = json.loads((run / "results.json").read_text())
+        results = metrics.read_results(run, required=SPLITS)
         row = {"run": str(run), **{f"{s}_recall@{k}": results[s][f"recall@{k}"] for s in SPLITS for k in KS}}
         rows.append(row)
         print(f"| {run.name} | " + " | ".join(f"{row[f'{s}_recall@{k}']:.3f}" for s in SPLITS for k in KS) + " |")
@@ -112,8 +96,8 @@ def main(argv=None) -> dict:
             f"only {b.name} {c['only_b']}, only {a.name} {c['only_a']}, exact McNemar p = {c['mcnemar_p']:.2g}"
         )
     out = {"rows": rows, "comparisons": comparisons}
-    if args.json:
-        pathlib.Path(args.json).write_text(json.dumps(out, indent=1))
+    if args.out:
+        pathlib.Path(args.out).write_text(json.dumps(out, indent=1))
     return out
 
 

@@ -4,7 +4,7 @@ Zhang & Stratos (2021) view the NCE gradient as a biased estimate of the full cr
 drawing the negatives from the model distribution (hard negatives) reduces that bias. This module provides:
 
 * ``NegativeSampler``, a static description of a negative distribution (one of the samplers of
-  :mod:`hnjax.samplers`, re-exported here) and of its log-q correction;
+  :mod:`hnjax.samplers`) and of its log-q correction;
 * the objectives ``ce_loss``, ``nce_loss`` (Monte Carlo) and ``nce_loss_exact`` (enumeration), their gradients
   ``ce_gradient`` / ``nce_gradient`` for any score function ``params -> scores [B, N]``, and ``gradient_bias`` =
   ||grad J_CE - grad J_NCE||_2 over all parameters.
@@ -28,18 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hnjax import losses
-from hnjax.samplers import (  # noqa: F401  (the samplers are part of this module's API too)
-    _check_exclude,
-    _masked_log_softmax,
-    _model_log_q,
-    _top_k,
-    mixed_hard_count,
-    mixed_negatives,
-    model_negatives,
-    top_k_negatives,
-    uniform_negatives,
-)
+from hnjax import losses, samplers
 
 # ---------------------------------------------------------------------------------------------------------------------
 # A negative distribution as a static value, and the losses it defines
@@ -93,14 +82,14 @@ class NegativeSampler:
             raise ValueError(f"temperature: expected > 0, got {self.temperature}")
         if not 0.0 <= self.smoothing <= 1.0:
             raise ValueError(f"smoothing: expected a value in [0, 1], got {self.smoothing}")
-        mixed_hard_count(self.k, self.hard_share)  # validates hard_share
+        samplers.mixed_hard_count(self.k, self.hard_share)  # validates hard_share
 
     def log_q(self, scores: jax.Array, exclude: jax.Array) -> jax.Array:
         """log q [B, N] of one draw of a ``uniform`` or ``model`` sampler (-inf on excluded labels)."""
         if self.kind == "uniform":
-            return _masked_log_softmax(jnp.zeros(exclude.shape, jnp.float32), exclude)
+            return samplers.masked_log_softmax(jnp.zeros(exclude.shape, jnp.float32), exclude)
         if self.kind == "model":
-            return _model_log_q(
+            return samplers.model_log_q(
                 jax.lax.stop_gradient(scores.astype(jnp.float32)), exclude, self.temperature, self.smoothing
             )
         raise ValueError(f"kind: {self.kind!r} has no sampling distribution q")
@@ -111,9 +100,9 @@ class NegativeSampler:
         ``log_q`` is None without a log-q correction; otherwise it is the log q that the correction uses.
         """
         if self.kind == "uniform":
-            ids, log_q = uniform_negatives(key, exclude, self.k, replace=self.replace)
+            ids, log_q = samplers.uniform_negatives(key, exclude, self.k, replace=self.replace)
         elif self.kind == "model":
-            ids, log_q = model_negatives(
+            ids, log_q = samplers.model_negatives(
                 key,
                 scores,
                 exclude,
@@ -123,9 +112,9 @@ class NegativeSampler:
                 replace=self.replace,
             )
         elif self.kind == "top_k":
-            return top_k_negatives(scores, exclude, self.k), None
+            return samplers.top_k_negatives(scores, exclude, self.k), None
         else:
-            return mixed_negatives(key, scores, exclude, self.k, hard_share=self.hard_share), None
+            return samplers.mixed_negatives(key, scores, exclude, self.k, hard_share=self.hard_share), None
         if self.log_q_correction == "none":
             return ids, None
         if self.log_q_correction == "unrenormalized":
@@ -254,19 +243,19 @@ def nce_loss_exact(scores: jax.typing.ArrayLike, pop: jax.typing.ArrayLike, samp
     scores, pop = jnp.asarray(scores), jnp.asarray(pop)
     rows, gold, weight, exclude = _rows(scores, pop)
     n, k = scores.shape[1], sampler.k
-    _check_exclude(exclude, k)
+    samplers.check_exclude(exclude, k)
     row_scores = jax.lax.stop_gradient(scores)[rows]  # [R, N]
     if sampler.kind == "top_k":
         ids, _ = sampler.sample(jax.random.key(0), row_scores, exclude)
         return jnp.sum(weight * _candidate_nll(scores, rows, gold, ids, None))
     prefix = None
     if sampler.kind == "mixed":
-        h = mixed_hard_count(k, sampler.hard_share)
-        prefix = _top_k(row_scores, exclude, h) if h else None  # [R, h]
+        h = samplers.mixed_hard_count(k, sampler.hard_share)
+        prefix = samplers.top_k_negatives(row_scores, exclude, h) if h else None  # [R, h]
         if h:
             exclude = exclude.at[jnp.arange(exclude.shape[0])[:, None], prefix].set(True)
         k = k - h
-        log_q = _masked_log_softmax(jnp.zeros(exclude.shape, jnp.float32), exclude)
+        log_q = samplers.masked_log_softmax(jnp.zeros(exclude.shape, jnp.float32), exclude)
         replace = False
     else:
         log_q = sampler.log_q(row_scores, exclude)  # [R, N]

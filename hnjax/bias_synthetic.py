@@ -2,8 +2,9 @@
 
 A peaked label distribution (``synthetic_population``), a small model (``init_synthetic_model``) trained on full
 cross-entropy (``synthetic_trajectory``), and the gradient bias of every negative sampler measured after each step
-(``bias_along_trajectory``); ``synthetic_experiment`` runs one seed. ``experiments/bias_synthetic.py`` drives it over
-many seeds.
+(``bias_along_trajectory``); ``synthetic_experiment`` runs one seed with the negative samplers of
+``experiment_samplers``, and ``summarize`` / ``average_over_seeds`` turn many seeds into the reported numbers.
+``paper_figure`` holds the values of the paper's figures. ``experiments/bias_synthetic.py`` drives it over many seeds.
 
 References:
   Zhang & Stratos (2021), synthetic experiment (hard-nce-el ``gradient-bias/main.py``).
@@ -12,15 +13,19 @@ References:
 from __future__ import annotations
 
 import functools
+import importlib.resources
+import json
 import math
 import zlib
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from hnjax.bias import NegativeSampler, ce_gradient, dropped_weight, nce_gradient, tree_distance
+from hnjax import bias
+from hnjax import eval as ev
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Paper 1's synthetic experiment: a population, a tiny model trained on full CE, bias along its trajectory
@@ -129,7 +134,7 @@ def bias_along_trajectory(
     key: jax.Array,
     trajectory: dict,
     pop: jax.Array,
-    samplers: dict[str, NegativeSampler],
+    samplers: dict[str, bias.NegativeSampler],
     *,
     num_draws: int = 10,
     max_rows: int | None = None,
@@ -159,10 +164,10 @@ def bias_along_trajectory(
         out[f"{name}_nce_loss"], out[f"{name}_bias"] = [], []
     for t in range(steps):
         params = jax.tree.map(lambda x, t=t: x[t], trajectory)
-        ce, g_ce = ce_gradient(score_fn, params, pop2)
+        ce, g_ce = bias.ce_gradient(score_fn, params, pop2)
         out["ce_loss"].append(float(ce))
         for name, sampler in samplers.items():
-            nce, g = nce_gradient(
+            nce, g = bias.nce_gradient(
                 score_fn,
                 params,
                 pop2,
@@ -172,7 +177,7 @@ def bias_along_trajectory(
                 max_rows=max_rows,
             )
             out[f"{name}_nce_loss"].append(float(nce))
-            out[f"{name}_bias"].append(float(tree_distance(g_ce, g)))
+            out[f"{name}_bias"].append(float(bias.tree_distance(g_ce, g)))
             if callback is not None:
                 callback()
     return out
@@ -180,7 +185,7 @@ def bias_along_trajectory(
 
 def synthetic_experiment(
     key: jax.Array,
-    samplers: dict[str, NegativeSampler],
+    samplers: dict[str, bias.NegativeSampler],
     *,
     num_labels: int = 1000,
     pop_temperature: float = 0.001,
@@ -222,10 +227,146 @@ def synthetic_experiment(
     curves = bias_along_trajectory(
         k_neg, trajectory, pop, samplers, num_draws=num_draws, max_rows=max_rows, callback=callback
     )
-    dropped = dropped_weight(pop, max_rows) if max_rows is not None else 0.0
+    dropped = bias.dropped_weight(pop, max_rows) if max_rows is not None else 0.0
     return {
         "pop_entropy": population_entropy(pop),
         "dropped_pop_mass": dropped,
         "train_loss": [float(x) for x in train_loss],
         **curves,
     }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The experiment's sampler set, its summaries over seeds, and the paper's figure
+# ---------------------------------------------------------------------------------------------------------------------
+
+PAPER_FIGURE_FILE = "zhang_stratos_2021_gradient_bias.json"
+
+
+def paper_figure() -> dict:
+    """The per-step values of the paper's synthetic-experiment figures (one seed), shipped with the package.
+
+    Returns:
+      ``{"hard_bias", "random_bias", "ce_loss", "hard_nce_loss", "random_nce_loss": [30 floats, index 0 = step 1;
+      None where the figure has no point], "pop_entropy": float}``.
+
+    References:
+      hard-nce-el ``gradient-bias/bias.pdf`` and ``loss.pdf`` (seed 42), read from their vector data
+      (``hnjax/resources/zhang_stratos_2021_gradient_bias.json`` says so in its ``source`` field).
+    """
+    text = importlib.resources.files("hnjax").joinpath("resources", PAPER_FIGURE_FILE).read_text(encoding="utf-8")
+    return {k: v for k, v in json.loads(text).items() if k != "source"}
+
+
+def experiment_samplers(
+    num_negatives: int = 4,
+    *,
+    extensions: bool = True,
+    hard_shares: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
+    candidates: Sequence[int] = (2, 5, 17, 65),
+) -> tuple[dict[str, bias.NegativeSampler], dict]:
+    """The negative distributions the experiment measures, and how the extension plots group them.
+
+    Always ``"hard"`` (model distribution) and ``"random"`` (uniform) with ``num_negatives`` negatives, as in the
+    paper. With ``extensions``: log-q corrected model-distribution negatives with and without replacement
+    (``"hard_logq_replace"``, ``"hard_logq_noreplace"``), paper 1's mixed negatives with each hard share p
+    (``"mixed_p<p>"``) and hard / random negatives for each number of candidates K (``"hard_K<K>"``, ``"random_K<K>"``;
+    plain ``"hard"`` / ``"random"`` when K = num_negatives + 1).
+
+    Returns:
+      ``(samplers, groups)``: name -> sampler, and ``{"logq": [names], "hard_share": {p: name}, "K": {K: {"hard":
+      name, "random": name}}}`` (empty without extensions).
+    """
+    k = num_negatives
+    samplers = {"hard": bias.NegativeSampler("model", k=k), "random": bias.NegativeSampler("uniform", k=k)}
+    groups: dict = {}
+    if not extensions:
+        return samplers, groups
+    samplers["hard_logq_replace"] = bias.NegativeSampler("model", k=k, replace=True, log_q_correction="renormalized")
+    samplers["hard_logq_noreplace"] = bias.NegativeSampler("model", k=k, log_q_correction="renormalized")
+    groups["logq"] = ["hard", "hard_logq_replace", "hard_logq_noreplace"]
+    groups["hard_share"] = {}
+    for p in hard_shares:
+        name = f"mixed_p{p:g}"
+        samplers[name] = bias.NegativeSampler("mixed", k=k, hard_share=p)
+        groups["hard_share"][p] = name
+    groups["K"] = {}
+    for big_k in candidates:
+        names = {}
+        for kind, base in (("hard", "model"), ("random", "uniform")):
+            name = kind if big_k == k + 1 else f"{kind}_K{big_k}"
+            samplers.setdefault(name, bias.NegativeSampler(base, k=big_k - 1))
+            names[kind] = name
+        groups["K"][big_k] = names
+    return samplers, groups
+
+
+def window_mean(values: Sequence[float], lo: int, hi: int) -> float | None:
+    """Mean of ``values`` at steps lo..hi (1-based, inclusive); None when the run is shorter than lo."""
+    part = values[lo - 1 : hi]
+    return float(np.mean(part)) if len(values) >= lo else None
+
+
+def summarize_seed(run: dict) -> dict:
+    """The numbers the paper's claims are judged on, for one seed's :func:`synthetic_experiment` result."""
+    steps = len(run["ce_loss"])
+    gap = np.abs(np.asarray(run["hard_nce_loss"]) - np.asarray(run["ce_loss"]))
+    return {
+        "pop_entropy": run["pop_entropy"],
+        "dropped_pop_mass": run["dropped_pop_mass"],
+        "hard_bias_mean_steps20_30": window_mean(run["hard_bias"], 20, 30),
+        "random_bias_mean_steps20_30": window_mean(run["random_bias"], 20, 30),
+        "hard_bias_last": run["hard_bias"][-1],
+        "random_bias_last": run["random_bias"][-1],
+        "hard_below_random_last": run["hard_bias"][-1] < run["random_bias"][-1],
+        "max_abs_hard_loss_minus_ce_steps15_30": float(gap[14:30].max()) if steps >= 15 else None,
+        "last_step": steps,
+    }
+
+
+def summarize(per_seed: dict) -> dict:
+    """Per-seed summaries, the paper's claims over seeds (hard-NCE bias below random-NCE on every seed, hard-NCE loss
+    close to CE) and mean ± std of each summary and of every sampler's bias."""
+    s = {seed: summarize_seed(r) for seed, r in per_seed.items()}
+    hb = [x["hard_bias_mean_steps20_30"] for x in s.values()]
+    rb = [x["random_bias_mean_steps20_30"] for x in s.values()]
+    gaps = [x["max_abs_hard_loss_minus_ce_steps15_30"] for x in s.values()]
+    full = all(x["last_step"] >= 30 for x in s.values())
+    out = {
+        "per_seed": s,
+        "claims (need --steps >= 30)": {
+            "hard_mean_bias_below_random_on_every_seed (steps 20-30)": all(h < r for h, r in zip(hb, rb))
+            if full
+            else None,
+            "seeds_with_hard_below_random_at_last_step": sum(x["hard_below_random_last"] for x in s.values()),
+            "num_seeds": len(s),
+            "median_max_abs_hard_loss_minus_ce_steps15_30": float(np.median(gaps)) if full else None,
+        },
+    }
+    for key in (
+        "hard_bias_mean_steps20_30",
+        "random_bias_mean_steps20_30",
+        "hard_bias_last",
+        "random_bias_last",
+        "max_abs_hard_loss_minus_ce_steps15_30",
+        "pop_entropy",
+    ):
+        out[key] = ev.mean_std([x[key] for x in s.values()])
+    names = sorted({n for r in per_seed.values() for n in r if n.endswith("_bias")})
+    out["bias_mean_steps20_30_by_sampler"] = {
+        n[: -len("_bias")]: ev.mean_std([window_mean(r[n], 20, 30) for r in per_seed.values()]) for n in names
+    }
+    out["bias_last_step_by_sampler"] = {
+        n[: -len("_bias")]: ev.mean_std([r[n][-1] for r in per_seed.values()]) for n in names
+    }
+    return out
+
+
+def average_over_seeds(per_seed: dict) -> dict[str, list[float]]:
+    """Per-step mean and sample std (``<key>_std``) over seeds of every curve of :func:`synthetic_experiment`."""
+    runs = list(per_seed.values())
+    keys = [k for k in runs[0] if k not in ("pop_entropy", "dropped_pop_mass")]
+    out = {key: np.mean([r[key] for r in runs], axis=0).tolist() for key in keys}
+    ddof = min(1, len(runs) - 1)
+    out.update({f"{key}_std": np.std([r[key] for r in runs], axis=0, ddof=ddof).tolist() for key in keys})
+    return out

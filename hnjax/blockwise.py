@@ -17,13 +17,13 @@ the positive" to a logit (s/τ for InfoNCE, s²/τ or s(s+m)/τ for focal-InfoNC
 Gradient caching for encoders (GradCache, Gao et al. 2021) lives in :mod:`hnjax.gradcache`.
 
 References:
-    Milakov & Gimelshein, "Online normalizer calculation for softmax", arXiv:1805.02867, 2018 (online softmax).
-    Rabe & Staats, "Self-attention Does Not Need O(n²) Memory", arXiv:2112.05682, 2021 (blockwise + recomputation).
-    Chen et al., "Breaking the Memory Barrier: Near Infinite Batch Size Scaling for Contrastive Loss" (Inf-CL),
-    arXiv:2410.17243, 2024 (tiled contrastive loss with recomputation in the backward pass).
-    Oord et al., "Representation Learning with Contrastive Predictive Coding", arXiv:1807.03748, 2018 (InfoNCE).
-    Hou & Li, "Improving Contrastive Learning of Sentence Embeddings with Focal-InfoNCE", Findings of EMNLP 2023
-    (official code puerrrr/Focal-InfoNCE, ``sp_logits``).
+  Milakov & Gimelshein, "Online normalizer calculation for softmax", arXiv:1805.02867, 2018 (online softmax).
+  Rabe & Staats, "Self-attention Does Not Need O(n²) Memory", arXiv:2112.05682, 2021 (blockwise + recomputation).
+  Chen et al., "Breaking the Memory Barrier: Near Infinite Batch Size Scaling for Contrastive Loss" (Inf-CL),
+  arXiv:2410.17243, 2024 (tiled contrastive loss with recomputation in the backward pass).
+  Oord et al., "Representation Learning with Contrastive Predictive Coding", arXiv:1807.03748, 2018 (InfoNCE).
+  Hou & Li, "Improving Contrastive Learning of Sentence Embeddings with Focal-InfoNCE", Findings of EMNLP 2023
+  (official code puerrrr/Focal-InfoNCE, ``sp_logits``).
 """
 
 from __future__ import annotations
@@ -36,11 +36,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hnjax import losses, scorers
+
 ScoreFn = Callable[[Any, Any], jax.Array]
 LogitFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 _DEFAULT_BLOCK = 1024
-_NORM_EPS = 1e-8
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -54,11 +55,11 @@ def dot_scores(q: jax.Array, d: jax.Array) -> jax.Array:
     s_bn = ⟨q_b, d_n⟩
 
     Args:
-        q: [B, D] query vectors.
-        d: [N, D] document vectors.
+      q: [B, D] query vectors.
+      d: [N, D] document vectors.
 
     Returns:
-        [B, N] float32 scores.
+      [B, N] float32 scores.
     """
     return jnp.einsum("bd,nd->bn", q, d, preferred_element_type=jnp.float32)
 
@@ -69,23 +70,19 @@ def sum_of_max_scores(q: tuple[jax.Array, jax.Array], d: tuple[jax.Array, jax.Ar
     s_bn = Σ_i qmask_bi · max_{j : dmask_nj} ⟨q_bi, d_nj⟩   (0 for a document with no valid vector)
 
     Args:
-        q: pair (vectors [B, M, D], mask [B, M] bool) of query token vectors.
-        d: pair (vectors [N, Lp, D], mask [N, Lp] bool) of document token vectors.
+      q: pair (vectors [B, M, D], mask [B, M] bool) of query token vectors.
+      d: pair (vectors [N, Lp, D], mask [N, Lp] bool) of document token vectors.
 
     Returns:
-        [B, N] float32 scores.
+      [B, N] float32 scores.
 
     References:
-        Khattab & Zaharia, "ColBERT", SIGIR 2020 (MaxSim); Humeau et al., "Poly-encoders", ICLR 2020.
+      Khattab & Zaharia, "ColBERT", SIGIR 2020 (MaxSim); Humeau et al., "Poly-encoders", ICLR 2020.
     """
     qv, qm = q
     dv, dm = d
     sim = jnp.einsum("bid,njd->bnij", qv, dv, preferred_element_type=jnp.float32)  # [B, N, M, Lp]
-    # A finite fill keeps gradients NaN-free; the masked maximum of an all-masked document is replaced by 0 below.
-    sim = jnp.where(dm[None, :, None, :], sim, jnp.finfo(jnp.float32).min)
-    best = jnp.max(sim, axis=-1)  # [B, N, M]
-    best = jnp.where(jnp.any(dm, axis=-1)[None, :, None], best, 0.0)
-    return jnp.sum(jnp.where(qm[:, None, :], best, 0.0), axis=-1)
+    return scorers.reduce_sum_of_max(sim, qm[:, None, :], dm[None])
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -264,7 +261,7 @@ _inbatch_ce.defvjp(_inbatch_ce_fwd, _inbatch_ce_bwd)
 
 def _check_block(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+        raise ValueError(f"{name}: expected a positive int, got {value!r}")
     return int(value)
 
 
@@ -288,40 +285,40 @@ def blockwise_inbatch_ce(
     O(B) floats, and one [row_block_size, block_size] tile (times what ``score_fn`` needs for it) at a time.
 
     Args:
-        q: pytree of query-side arrays sharing a leading axis of size B, e.g. [B, D] vectors or a pair
-            ([B, M, D] vectors, [B, M] bool mask). Non-float leaves (masks, ids) get no gradient.
-        d: pytree of document-side arrays sharing a leading axis of size N.
-        score_fn: ``score_fn(q_tile, d_tile) -> [b, n]`` pairwise scores of a tile in the all-pairs layout, e.g.
-            :func:`dot_scores` or :func:`sum_of_max_scores`. Must be a pure function of its inputs (it is called
-            again in the backward pass) and hashable (a module-level function or ``functools.partial``).
-        logit_fn: ``logit_fn(scores [b, n] float32, is_positive [b, n] bool) -> [b, n]`` logits, e.g.
-            ``lambda s, pos: s / 0.05``. Pure and hashable; Python-float hyperparameters only (no tracers).
-        positives: [B] int column index of each row's positive in ``d``, in [0, N) (not checked on traced
-            values: an index outside it silently drops the positive term); default ``arange(B)`` (needs N ≥ B).
-        block_size: columns per tile.
-        row_block_size: rows per tile; default ``block_size``.
+      q: pytree of query-side arrays sharing a leading axis of size B, e.g. [B, D] vectors or a pair
+        ([B, M, D] vectors, [B, M] bool mask). Non-float leaves (masks, ids) get no gradient.
+      d: pytree of document-side arrays sharing a leading axis of size N.
+      score_fn: ``score_fn(q_tile, d_tile) -> [b, n]`` pairwise scores of a tile in the all-pairs layout, e.g.
+        :func:`dot_scores` or :func:`sum_of_max_scores`. Must be a pure function of its inputs (it is called
+        again in the backward pass) and hashable (a module-level function or ``functools.partial``).
+      logit_fn: ``logit_fn(scores [b, n] float32, is_positive [b, n] bool) -> [b, n]`` logits, e.g.
+        ``lambda s, pos: s / 0.05``. Pure and hashable; Python-float hyperparameters only (no tracers).
+      positives: [B] int column index of each row's positive in ``d``, in [0, N) (not checked on traced
+        values: an index outside it silently drops the positive term); default ``arange(B)`` (needs N ≥ B).
+      block_size: columns per tile.
+      row_block_size: rows per tile; default ``block_size``.
 
     Returns:
-        [B] float32 per-row losses (take ``.mean()`` for the usual loss).
+      [B] float32 per-row losses (take ``.mean()`` for the usual loss).
 
     Example:
-        >>> q = jax.random.normal(jax.random.key(0), (10, 4))
-        >>> loss = blockwise_inbatch_ce(q, q, dot_scores, lambda s, pos: s, block_size=4).mean()
+      >>> q = jax.random.normal(jax.random.key(0), (10, 4))
+      >>> loss = blockwise_inbatch_ce(q, q, dot_scores, lambda s, pos: s, block_size=4).mean()
 
     References:
-        Milakov & Gimelshein, arXiv:1805.02867 (online softmax); Chen et al., Inf-CL, arXiv:2410.17243.
+      Milakov & Gimelshein, arXiv:1805.02867 (online softmax); Chen et al., Inf-CL, arXiv:2410.17243.
     """
     block_size = _check_block("block_size", block_size)
     row_block_size = block_size if row_block_size is None else _check_block("row_block_size", row_block_size)
     if not callable(score_fn):
-        raise ValueError(f"score_fn must be callable, got {type(score_fn).__name__}")
+        raise ValueError(f"score_fn: expected a callable, got {type(score_fn).__name__}")
     if not callable(logit_fn):
-        raise ValueError(f"logit_fn must be callable, got {type(logit_fn).__name__}")
+        raise ValueError(f"logit_fn: expected a callable, got {type(logit_fn).__name__}")
     q = jax.tree.map(jnp.asarray, q)
     d = jax.tree.map(jnp.asarray, d)
     n_rows, n_cols = _leading(q), _leading(d)
     if n_rows == 0 or n_cols == 0:
-        raise ValueError(f"q and d must be non-empty, got B={n_rows}, N={n_cols}")
+        raise ValueError(f"q and d: expected non-empty, got B={n_rows}, N={n_cols}")
     if positives is None:
         if n_cols < n_rows:
             raise ValueError(
@@ -330,31 +327,32 @@ def blockwise_inbatch_ce(
         positives = jnp.arange(n_rows, dtype=jnp.int32)
     positives = jnp.asarray(positives)
     if positives.shape != (n_rows,) or not jnp.issubdtype(positives.dtype, jnp.integer):
-        raise ValueError(f"positives must be an int array of shape ({n_rows},), got {positives.dtype}{positives.shape}")
+        raise ValueError(
+            f"positives: expected an int array of shape ({n_rows},), got {positives.dtype}{positives.shape}"
+        )
     # Tiles never exceed the arrays: no compute is spent on padding when B or N is below the block size.
     row_block_size, block_size = min(row_block_size, n_rows), min(block_size, n_cols)
     return _inbatch_ce(score_fn, logit_fn, row_block_size, block_size, q, d, positives.astype(jnp.int32))
 
 
 def _normalize(x: jax.Array) -> jax.Array:
-    """Unit-norm rows in float32 (cosine similarity), as ``torch.nn.functional.cosine_similarity`` up to its eps."""
-    x = x.astype(jnp.float32)
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), _NORM_EPS)
+    """Unit-norm rows in float32 (the tiles' dot products accumulate in float32 whatever the input dtype)."""
+    return scorers.l2_normalize(x.astype(jnp.float32))
 
 
 def _check_pair(z1: jax.Array, z2: jax.Array) -> None:
     for name, z in (("z1", z1), ("z2", z2)):
         if z.ndim != 2:
-            raise ValueError(f"{name} must have shape [B, D], got shape {z.shape}")
+            raise ValueError(f"{name}: expected shape [B, D], got shape {z.shape}")
         if not jnp.issubdtype(z.dtype, jnp.floating):
-            raise ValueError(f"{name} must be floating point, got dtype {z.dtype}")
+            raise ValueError(f"{name}: expected a floating dtype, got dtype {z.dtype}")
     if z1.shape != z2.shape:
-        raise ValueError(f"z1 and z2 must have the same shape [B, D], got {z1.shape} and {z2.shape}")
+        raise ValueError(f"z1 and z2: expected the same shape [B, D], got {z1.shape} and {z2.shape}")
 
 
 def _check_positive_float(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) or not value > 0:
-        raise ValueError(f"{name} must be a positive Python float, got {value!r}")
+        raise ValueError(f"{name}: expected a positive Python float, got {value!r}")
     return float(value)
 
 
@@ -371,33 +369,27 @@ def _focal_logits(scores: jax.Array, is_pos: jax.Array, *, temperature: float, m
 def _gathered_ce(z1, z2, logit_fn, block_size, row_block_size, axis_name, symmetric, negatives, reduction):
     """CE of local rows against (gathered) columns: the global-batch mean on every device, or local per-row losses."""
     q, d = _normalize(z1), _normalize(z2)
-    n_local = q.shape[0]
-    if axis_name is None:
-        offset, n_devices = 0, 1
-        gather = lambda x: x
-    else:
-        offset, n_devices = jax.lax.axis_index(axis_name) * n_local, jax.lax.axis_size(axis_name)
-        gather = functools.partial(jax.lax.all_gather, axis_name=axis_name, tiled=True)
-    positives = offset + jnp.arange(n_local, dtype=jnp.int32)
     directions = [(q, d), (d, q)] if symmetric else [(q, d)]
     per_row = 0.0
     for rows, cols in directions:
-        cols = gather(cols)  # [N, D], N = B × devices
+        cols, offset = losses.gather_columns(cols, axis_name)  # [N, D], N = B × devices
+        n_global = cols.shape[0]
         if negatives is not None:
-            cols = jnp.concatenate([cols, gather(_normalize(negatives))])  # [N + M, D]
+            cols = jnp.concatenate([cols, losses.gather_columns(_normalize(negatives), axis_name)[0]])  # [N + M, D]
+        positives = offset + jnp.arange(rows.shape[0], dtype=jnp.int32)
         per_row = per_row + blockwise_inbatch_ce(
             rows, cols, dot_scores, logit_fn, positives=positives, block_size=block_size, row_block_size=row_block_size
         )
     per_row = per_row / len(directions)  # [B]
     if reduction == "none":
         return per_row
-    loss = jnp.sum(per_row) / (n_local * n_devices)
+    loss = jnp.sum(per_row) / n_global
     return loss if axis_name is None else jax.lax.psum(loss, axis_name)
 
 
 def _check_reduction(reduction: str) -> None:
     if reduction not in ("mean", "none"):
-        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+        raise ValueError(f"reduction: expected 'mean' or 'none', got {reduction!r}")
 
 
 def blockwise_infonce(
@@ -423,29 +415,29 @@ def blockwise_infonce(
     Inputs are normalised in float32 outside the custom VJP, so autodiff handles the normalisation.
 
     Args:
-        z1: [B, D] first view (anchors). bf16 inputs are upcast to float32.
-        z2: [B, D] second view (positives on the diagonal, every other row an in-batch negative).
-        temperature: τ > 0 (Python float).
-        symmetric: also average the loss with rows and columns swapped (CLIP-style).
-        block_size: columns per tile (memory per tile: row_block_size × block_size float32, a few copies).
-        row_block_size: rows per tile; default ``block_size``.
-        axis_name: mesh axis inside ``shard_map``/``pmap``: z2 (and z1 when symmetric) are all-gathered as
-            negatives, each device's rows have their positive at column ``axis_index × B + i``, and every device
-            returns the global-batch mean (N = B × devices).
-        negatives: optional [M, D] extra hard negatives appended as columns (all-gathered like z2 under
-            ``axis_name``); not with ``symmetric``.
-        reduction: ``"mean"`` (global-batch mean) or ``"none"`` (local per-row losses [B]).
+      z1: [B, D] first view (anchors). bf16 inputs are upcast to float32.
+      z2: [B, D] second view (positives on the diagonal, every other row an in-batch negative).
+      temperature: τ > 0 (Python float).
+      symmetric: also average the loss with rows and columns swapped (CLIP-style).
+      block_size: columns per tile (memory per tile: row_block_size × block_size float32, a few copies).
+      row_block_size: rows per tile; default ``block_size``.
+      axis_name: mesh axis inside ``shard_map``/``pmap``: z2 (and z1 when symmetric) are all-gathered as
+        negatives, each device's rows have their positive at column ``axis_index × B + i``, and every device
+        returns the global-batch mean (N = B × devices).
+      negatives: optional [M, D] extra hard negatives appended as columns (all-gathered like z2 under
+        ``axis_name``); not with ``symmetric``.
+      reduction: ``"mean"`` (global-batch mean) or ``"none"`` (local per-row losses [B]).
 
     Returns:
-        Scalar float32 loss, or [B] per-row losses with ``reduction="none"``.
+      Scalar float32 loss, or [B] per-row losses with ``reduction="none"``.
 
     Example:
-        >>> z = jax.random.normal(jax.random.key(0), (8, 16))
-        >>> loss = blockwise_infonce(z, z + 0.1, block_size=4)
+      >>> z = jax.random.normal(jax.random.key(0), (8, 16))
+      >>> loss = blockwise_infonce(z, z + 0.1, block_size=4)
 
     References:
-        Oord et al., arXiv:1807.03748 (InfoNCE); Gao et al., "SimCSE", EMNLP 2021 (``cl_forward``);
-        Chen et al., Inf-CL, arXiv:2410.17243 (tiled loss).
+      Oord et al., arXiv:1807.03748 (InfoNCE); Gao et al., "SimCSE", EMNLP 2021 (``cl_forward``);
+      Chen et al., Inf-CL, arXiv:2410.17243 (tiled loss).
     """
     z1, z2 = jnp.asarray(z1), jnp.asarray(z2)
     _check_pair(z1, z2)
@@ -459,10 +451,10 @@ def blockwise_infonce(
             or not jnp.issubdtype(negatives.dtype, jnp.floating)
         ):
             raise ValueError(
-                f"negatives must be a floating [M, D={z1.shape[1]}] array, got {negatives.dtype}{negatives.shape}"
+                f"negatives: expected a floating [M, D={z1.shape[1]}] array, got {negatives.dtype}{negatives.shape}"
             )
         if symmetric:
-            raise ValueError("symmetric must be False when negatives are given (no column-wise loss), got True")
+            raise ValueError("symmetric: expected False when negatives are given (no column-wise loss), got True")
     logit_fn = functools.partial(_infonce_logits, temperature=temperature)
     return _gathered_ce(z1, z2, logit_fn, block_size, row_block_size, axis_name, bool(symmetric), negatives, reduction)
 
@@ -484,31 +476,31 @@ def blockwise_focal_infonce(
     L = −(1/N) Σ_i log softmax_j(ℓ_ij)_i
 
     Args:
-        z1: [B, D] first view.
-        z2: [B, D] second view.
-        temperature: τ > 0 (Python float).
-        margin: m (Python float), the hardness margin; negatives with s_n > 1 − m are up-weighted.
-        block_size: columns per tile.
-        row_block_size: rows per tile; default ``block_size``.
-        axis_name: as in :func:`blockwise_infonce` (z2 gathered; global-batch mean on every device).
-        reduction: ``"mean"`` (global-batch mean) or ``"none"`` (local per-row losses [B]).
+      z1: [B, D] first view.
+      z2: [B, D] second view.
+      temperature: τ > 0 (Python float).
+      margin: m (Python float), the hardness margin; negatives with s_n > 1 − m are up-weighted.
+      block_size: columns per tile.
+      row_block_size: rows per tile; default ``block_size``.
+      axis_name: as in :func:`blockwise_infonce` (z2 gathered; global-batch mean on every device).
+      reduction: ``"mean"`` (global-batch mean) or ``"none"`` (local per-row losses [B]).
 
     Returns:
-        Scalar float32 loss, or [B] per-row losses with ``reduction="none"``.
+      Scalar float32 loss, or [B] per-row losses with ``reduction="none"``.
 
     Example:
-        >>> z = jax.random.normal(jax.random.key(0), (8, 16))
-        >>> loss = blockwise_focal_infonce(z, z + 0.1, block_size=4)
+      >>> z = jax.random.normal(jax.random.key(0), (8, 16))
+      >>> loss = blockwise_focal_infonce(z, z + 0.1, block_size=4)
 
     References:
-        Hou & Li, "Improving Contrastive Learning of Sentence Embeddings with Focal-InfoNCE", Findings of EMNLP 2023;
-        official code puerrrr/Focal-InfoNCE ``focalNCE/models.py: sp_logits``.
+      Hou & Li, "Improving Contrastive Learning of Sentence Embeddings with Focal-InfoNCE", Findings of EMNLP 2023;
+      official code puerrrr/Focal-InfoNCE ``focalNCE/models.py: sp_logits``.
     """
     z1, z2 = jnp.asarray(z1), jnp.asarray(z2)
     _check_pair(z1, z2)
     temperature = _check_positive_float("temperature", temperature)
     if isinstance(margin, bool) or not isinstance(margin, (int, float, np.floating, np.integer)):
-        raise ValueError(f"margin must be a Python float, got {margin!r}")
+        raise ValueError(f"margin: expected a Python float, got {margin!r}")
     _check_reduction(reduction)
     logit_fn = functools.partial(_focal_logits, temperature=temperature, margin=float(margin))
     return _gathered_ce(z1, z2, logit_fn, block_size, row_block_size, axis_name, False, None, reduction)

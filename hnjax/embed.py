@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from hnjax.data import packing, tokenize
+from hnjax import scorers
+from hnjax.data import batching, packing, tokenize
 from hnjax.models import packed, poolers, st_format
 
 logger = logging.getLogger(__name__)
@@ -35,9 +36,9 @@ def make_encode_fn(
 ) -> EncodeFn:
     """A jitted function `(params, input_ids, attention_mask, token_type_ids) -> vectors [B, D]`.
 
-    v_b = pool(encoder(x_b)), optionally v_b / max(‖v_b‖₂, 1e-12); computed deterministically (no dropout). With a
-    `pipeline` (e.g. `hnjax.models.load_pretrained(path).pipeline` of a sentence-transformers folder), v_b =
-    pipeline.apply(encoder(x_b)): its pooling, Dense layers and normalisation.
+    v_b = pool(encoder(x_b)), optionally v_b / max(‖v_b‖₂, 1e-8) (:func:`hnjax.scorers.l2_normalize`); computed
+    deterministically (no dropout). With a `pipeline` (e.g. `hnjax.models.load_pretrained(path).pipeline` of a
+    sentence-transformers folder), v_b = pipeline.apply(encoder(x_b)): its pooling, Dense layers and normalisation.
 
     Args:
       model: a Flax encoder with `apply({"params": params}, input_ids, attention_mask, token_type_ids=...,
@@ -62,8 +63,7 @@ def make_encode_fn(
         hidden = model.apply({"params": params}, input_ids, attention_mask, token_type_ids, deterministic=True)
         vectors = pool(hidden, attention_mask).astype(jnp.float32)  # [B, D]
         if normalize:
-            norms = jnp.linalg.norm(vectors, axis=-1, keepdims=True)
-            vectors = vectors / jnp.maximum(norms, 1e-12)
+            vectors = scorers.l2_normalize(vectors)
         return vectors
 
     return jax.jit(encode)
@@ -252,15 +252,14 @@ def encode_sentences(
     order = np.argsort([-len(s) for s in sentences], kind="stable")
     out: np.ndarray | None = None
     truncated = 0
-    starts = range(0, len(sentences), batch_size)
-    for start in tqdm.tqdm(starts, desc="encoding", unit="batch", disable=not progress):
-        idx = order[start : start + batch_size]
+    batches = list(batching.padded_batches(len(sentences), batch_size))
+    for take, n in tqdm.tqdm(batches, desc="encoding", unit="batch", disable=not progress):
+        idx = order[take[:n]]
         enc = tokenize.batch_encode(tokenizer, [sentences[i] for i in idx], max_length=max_length, buckets=buckets)
         truncated += enc.n_truncated
-        n = len(idx)
         # Pad the batch to a fixed size with copies of its first row (dropped below): one compilation per bucket.
-        arrays = [np.concatenate([a, np.repeat(a[:1], batch_size - n, axis=0)]) for a in enc[:3]]
-        vectors = np.asarray(encode_fn(params, *(jnp.asarray(a) for a in arrays)))[:n]  # [n, D]
+        pad = batching.padded_index(n, batch_size)
+        vectors = np.asarray(encode_fn(params, *(jnp.asarray(a[pad]) for a in enc[:3])))[:n]  # [n, D]
         if out is None:
             out = np.empty((len(sentences), vectors.shape[1]), dtype=np.float32)
         out[idx] = vectors

@@ -1,4 +1,4 @@
-"""Evaluation metrics: STS correlation, embedding geometry, retrieval and reranking.
+"""Evaluation metrics: STS correlation, embedding geometry, retrieval and reranking, paired significance tests.
 
 Everything here is host-side NumPy in float64: metrics are computed once per evaluation on arrays that already left
 the device, and float64 keeps rank statistics and log-mean-exp exact enough to compare with SciPy and the reference
@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from hnjax import scorers
+
 logger = logging.getLogger(__name__)
 
 # Names of the seven SentEval STS tasks averaged in SimCSE Table 5 (STS-B and SICK-R on their test splits).
@@ -29,9 +31,9 @@ SEVEN_TASKS = ("STS12", "STS13", "STS14", "STS15", "STS16", "STSBenchmark-test",
 def _as_1d(x: Any, name: str) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 1:
-        raise ValueError(f"{name} must be 1-D [P], got shape {x.shape}")
+        raise ValueError(f"{name}: expected 1-D [P], got shape {x.shape}")
     if not np.all(np.isfinite(x)):
-        raise ValueError(f"{name} must be finite, got {int(np.sum(~np.isfinite(x)))} non-finite values")
+        raise ValueError(f"{name}: expected finite values, got {int(np.sum(~np.isfinite(x)))} non-finite values")
     return x
 
 
@@ -87,7 +89,7 @@ def spearman(x: Any, y: Any) -> float:
     x = _as_1d(x, "x")
     y = _as_1d(y, "y")
     if x.shape != y.shape:
-        raise ValueError(f"x and y must have the same shape, got {x.shape} and {y.shape}")
+        raise ValueError(f"x and y: expected the same shape, got {x.shape} and {y.shape}")
     if x.shape[0] < 2:
         raise ValueError(f"spearman needs at least 2 pairs, got {x.shape[0]}")
     rx = average_ranks(x)
@@ -123,25 +125,10 @@ def sts_spearman(predicted: Any, gold: Any) -> float:
 def _as_2d(x: Any, name: str) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2:
-        raise ValueError(f"{name} must be 2-D [N, D], got shape {x.shape}")
+        raise ValueError(f"{name}: expected 2-D [N, D], got shape {x.shape}")
     if not np.all(np.isfinite(x)):
-        raise ValueError(f"{name} must be finite, got {int(np.sum(~np.isfinite(x)))} non-finite values")
+        raise ValueError(f"{name}: expected finite values, got {int(np.sum(~np.isfinite(x)))} non-finite values")
     return x
-
-
-def l2_normalize(x: Any, *, eps: float = 1e-8) -> np.ndarray:
-    """Rows scaled to unit length: x / max(‖x‖₂, eps) (a zero row stays zero).
-
-    Args:
-      x: vectors, shape [N, D].
-      eps: floor of the norm.
-
-    Returns:
-      float64 [N, D].
-    """
-    x = _as_2d(x, "x")
-    norms = np.linalg.norm(x, axis=1, keepdims=True)  # [N, 1]
-    return x / np.maximum(norms, eps)
 
 
 def cosine_similarity(a: Any, b: Any, *, eps: float = 1e-8) -> np.ndarray:
@@ -162,8 +149,8 @@ def cosine_similarity(a: Any, b: Any, *, eps: float = 1e-8) -> np.ndarray:
     a = _as_2d(a, "a")
     b = _as_2d(b, "b")
     if a.shape != b.shape:
-        raise ValueError(f"a and b must have the same shape [P, D], got {a.shape} and {b.shape}")
-    return np.einsum("pd,pd->p", l2_normalize(a, eps=eps), l2_normalize(b, eps=eps))
+        raise ValueError(f"a and b: expected the same shape [P, D], got {a.shape} and {b.shape}")
+    return np.einsum("pd,pd->p", scorers.l2_normalize(a, eps=eps), scorers.l2_normalize(b, eps=eps))
 
 
 def alignment(x: Any, y: Any, *, alpha: float = 2.0, normalize: bool = True) -> float:
@@ -189,13 +176,13 @@ def alignment(x: Any, y: Any, *, alpha: float = 2.0, normalize: bool = True) -> 
     x = _as_2d(x, "x")
     y = _as_2d(y, "y")
     if x.shape != y.shape:
-        raise ValueError(f"x and y must have the same shape [P, D], got {x.shape} and {y.shape}")
+        raise ValueError(f"x and y: expected the same shape [P, D], got {x.shape} and {y.shape}")
     if x.shape[0] == 0:
         raise ValueError("alignment needs at least one pair, got P = 0")
     if not alpha > 0:
-        raise ValueError(f"alpha must be > 0, got {alpha}")
+        raise ValueError(f"alpha: expected > 0, got {alpha}")
     if normalize:
-        x, y = l2_normalize(x), l2_normalize(y)
+        x, y = scorers.l2_normalize(x), scorers.l2_normalize(y)
     return float(np.mean(np.linalg.norm(x - y, axis=1) ** alpha))
 
 
@@ -226,11 +213,11 @@ def uniformity(x: Any, *, t: float = 2.0, normalize: bool = True, block_size: in
     if n < 2:
         raise ValueError(f"uniformity needs at least 2 vectors, got N = {n}")
     if not t > 0:
-        raise ValueError(f"t must be > 0, got {t}")
+        raise ValueError(f"t: expected > 0, got {t}")
     if block_size < 1:
-        raise ValueError(f"block_size must be >= 1, got {block_size}")
+        raise ValueError(f"block_size: expected >= 1, got {block_size}")
     if normalize:
-        x = l2_normalize(x)
+        x = scorers.l2_normalize(x)
     sq = np.einsum("nd,nd->n", x, x)  # [N]
     # Running log-sum-exp over the strict upper triangle, one row block at a time.
     total = -np.inf
@@ -260,7 +247,9 @@ def _gold_sets(gold_ids: Any, q: int) -> list[frozenset]:
 
     if isinstance(gold_ids, np.ndarray):
         if gold_ids.ndim != 1:
-            raise ValueError(f"gold_ids must be [Q] or a sequence of gold sets, got an array of shape {gold_ids.shape}")
+            raise ValueError(
+                f"gold_ids: expected [Q] or a sequence of gold sets, got an array of shape {gold_ids.shape}"
+            )
         sets = [frozenset([g]) for g in gold_ids.tolist()]
     else:
         sets = []
@@ -273,7 +262,7 @@ def _gold_sets(gold_ids: Any, q: int) -> list[frozenset]:
                 raise ValueError(f"gold_ids[{i}] is an empty gold set; every query needs at least one gold id")
             sets.append(gold)
     if len(sets) != q:
-        raise ValueError(f"gold_ids must have one entry per query (Q = {q}), got {len(sets)}")
+        raise ValueError(f"gold_ids: expected one entry per query (Q = {q}), got {len(sets)}")
     return sets
 
 
@@ -303,16 +292,16 @@ def recall_at_k(ranked_ids: Any, gold_ids: Any, ks: Sequence[int] = (1, 10, 64),
     """
     ranked = np.asarray(ranked_ids)
     if ranked.ndim != 2:
-        raise ValueError(f"ranked_ids must be 2-D [Q, K], got shape {ranked.shape}")
+        raise ValueError(f"ranked_ids: expected 2-D [Q, K], got shape {ranked.shape}")
     q, k_max = ranked.shape
     if q == 0:
         raise ValueError("ranked_ids must hold at least one query, got Q = 0")
     if multi_gold not in ("fraction", "any"):
-        raise ValueError(f"multi_gold must be 'fraction' or 'any', got {multi_gold!r}")
+        raise ValueError(f"multi_gold: expected 'fraction' or 'any', got {multi_gold!r}")
     ks = [int(k) for k in ks]
     for k in ks:
         if not 1 <= k <= k_max:
-            raise ValueError(f"every k in ks must be in [1, K = {k_max}], got {k}")
+            raise ValueError(f"ks: expected every k in [1, K = {k_max}], got {k}")
     sets = _gold_sets(gold_ids, q)
     rows = ranked.tolist()
     out = {}
@@ -329,9 +318,9 @@ def _check_ids(predicted_ids: Any, gold_ids: Any) -> tuple[np.ndarray, np.ndarra
     pred = np.asarray(predicted_ids)
     gold = np.asarray(gold_ids)
     if pred.ndim != 1 or gold.ndim != 1:
-        raise ValueError(f"predicted_ids and gold_ids must be 1-D [Q], got shapes {pred.shape} and {gold.shape}")
+        raise ValueError(f"predicted_ids and gold_ids: expected 1-D [Q], got shapes {pred.shape} and {gold.shape}")
     if pred.shape != gold.shape:
-        raise ValueError(f"predicted_ids and gold_ids must have the same shape, got {pred.shape} and {gold.shape}")
+        raise ValueError(f"predicted_ids and gold_ids: expected the same shape, got {pred.shape} and {gold.shape}")
     if pred.shape[0] == 0:
         raise ValueError("need at least one mention, got Q = 0")
     return pred, gold
@@ -388,11 +377,116 @@ def normalized_accuracy(predicted_ids: Any, gold_ids: Any, candidate_ids: Any) -
     pred, gold = _check_ids(predicted_ids, gold_ids)
     cands = np.asarray(candidate_ids)
     if cands.ndim != 2 or cands.shape[0] != pred.shape[0]:
-        raise ValueError(f"candidate_ids must be [Q, K] with Q = {pred.shape[0]}, got shape {cands.shape}")
+        raise ValueError(f"candidate_ids: expected [Q, K] with Q = {pred.shape[0]}, got shape {cands.shape}")
     covered = np.any(cands == gold[:, None], axis=1)  # [Q]
     if not covered.any():
         return float("nan")
     return float(np.mean(pred[covered] == gold[covered]))
+
+
+def mean_std(values: Iterable[float | None]) -> dict[str, float | None]:
+    """Mean and sample standard deviation (ddof = 1) of the values that are not None, e.g. one metric over seeds.
+
+    Args:
+      values: numbers; None entries (a metric a run did not reach) are left out.
+
+    Returns:
+      ``{"mean": float, "std": float}``; ``std`` is 0.0 for a single value; both None when no value is left.
+
+    Example:
+      >>> mean_std([1.0, None, 3.0])
+      {'mean': 2.0, 'std': 1.4142135623730951}
+    """
+    v = np.asarray([x for x in values if x is not None], np.float64)
+    if v.size == 0:
+        return {"mean": None, "std": None}
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0}
+
+
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p-value of two systems scored on the same items.
+
+    Of the n = only_a + only_b discordant items (one system right, the other wrong), the p-value is the probability
+    under Binomial(n, 1/2) of a split at least as uneven: p = min(1, 2 · Σ_{i ≤ min(only_a, only_b)} C(n, i) / 2ⁿ);
+    1.0 when no item is discordant. It answers whether the two accuracies differ by more than the luck of which items
+    each system gets right; it says nothing of seed-to-seed variation.
+
+    Args:
+      only_a: items system A gets right and B wrong, >= 0.
+      only_b: items system B gets right and A wrong, >= 0.
+
+    Returns:
+      The p-value in (0, 1].
+
+    Example:
+      >>> mcnemar_exact(1, 3)  # 2 · (C(4, 0) + C(4, 1)) / 16
+      0.625
+
+    References:
+      McNemar, "Note on the sampling error of the difference between correlated proportions or percentages",
+      Psychometrika 1947 (exact binomial form); equals ``scipy.stats.binomtest(only_b, n, 0.5).pvalue``.
+    """
+    for name, value in (("only_a", only_a), ("only_b", only_b)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"{name}: expected an int >= 0, got {value!r}")
+    n = int(only_a) + int(only_b)
+    if n == 0:
+        return 1.0
+    low = min(int(only_a), int(only_b))
+    tail = sum(math.comb(n, i) for i in range(low + 1)) / 2.0**n
+    return min(1.0, 2.0 * tail)
+
+
+def paired_comparison(correct_a: Any, correct_b: Any) -> dict[str, float | int]:
+    """Accuracies of two systems on the same items and the exact McNemar test of their difference.
+
+    Args:
+      correct_a: bool [Q], whether system A is right on each item.
+      correct_b: bool [Q], the same items for system B.
+
+    Returns:
+      ``{"items": Q, "accuracy_a", "accuracy_b", "only_a", "only_b", "mcnemar_p"}`` (see :func:`mcnemar_exact`).
+
+    Example:
+      >>> paired_comparison([True, True, False, False], [True, False, True, True])["only_b"]
+      2
+    """
+    a, b = np.asarray(correct_a), np.asarray(correct_b)
+    if a.dtype != np.bool_ or b.dtype != np.bool_ or a.ndim != 1 or a.shape != b.shape:
+        raise ValueError(f"correct_a, correct_b: expected two bool arrays [Q] of one shape, got {a.dtype}{a.shape} and "
+                         f"{b.dtype}{b.shape}")  # fmt: skip
+    if a.shape[0] == 0:
+        raise ValueError("correct_a: expected at least one item, got Q = 0")
+    only_a, only_b = int(np.sum(a & ~b)), int(np.sum(b & ~a))
+    return {
+        "items": int(a.shape[0]),
+        "accuracy_a": float(a.mean()),
+        "accuracy_b": float(b.mean()),
+        "only_a": only_a,
+        "only_b": only_b,
+        "mcnemar_p": mcnemar_exact(only_a, only_b),
+    }
+
+
+def sts_cosine_agreement(sets: Mapping[str, Any], vectors_a: Mapping[str, Any], vectors_b: Mapping[str, Any]) -> dict:
+    """How closely two embedding pipelines agree on STS sets: per set, max over its pairs of |cos_a − cos_b|.
+
+    Args:
+      sets: set name → ``hnjax.data.sts.STSSet`` (its subsets' sentence pairs).
+      vectors_a, vectors_b: sentence → vector [D] of each pipeline, covering every sentence of ``sets``.
+
+    Returns:
+      ``{set name: float}``, the largest difference of a pair's cosine similarity between the two pipelines.
+
+    Raises:
+      KeyError: a sentence of a set has no vector in one of the pipelines.
+    """
+    out = {}
+    for name, s in sets.items():
+        pairs = [p for sub in s.subsets.values() for p in zip(sub.sentences1, sub.sentences2)]
+        cos = [cosine_similarity([v[a] for a, _ in pairs], [v[b] for _, b in pairs]) for v in (vectors_a, vectors_b)]
+        out[name] = float(np.max(np.abs(cos[0] - cos[1])))
+    return out
 
 
 def evaluate_sts(
@@ -440,7 +534,7 @@ def evaluate_sts(
     emb = np.asarray(embed_fn(sentences), dtype=np.float64)
     if emb.ndim != 2 or emb.shape[0] != len(sentences):
         raise ValueError(f"embed_fn must return [S, D] with S = {len(sentences)}, got shape {emb.shape}")
-    emb = l2_normalize(emb)
+    emb = scorers.l2_normalize(_as_2d(emb, "emb"))
 
     results: dict[str, dict[str, Any]] = {}
     for name, s in sets.items():

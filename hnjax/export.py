@@ -11,9 +11,9 @@
   :func:`hnjax.models.save_cross_encoder`).
 
 References:
-    Gao et al. (2021), SimCSE, Table 6 and App. A (MLP during training only; [CLS] at test).
-    Zhang & Stratos (2021), Understanding Hard Negatives in NCE (DUAL, MULTI-n, SOM, POLY-m retrievers).
-    Humeau et al. (2020), Poly-encoders.
+  Gao et al. (2021), SimCSE, Table 6 and App. A (MLP during training only; [CLS] at test).
+  Zhang & Stratos (2021), Understanding Hard Negatives in NCE (DUAL, MULTI-n, SOM, POLY-m retrievers).
+  Humeau et al. (2020), Poly-encoders.
 """
 
 from __future__ import annotations
@@ -84,14 +84,14 @@ def export_simcse(
     """Writes a SimCSE encoder as a sentence-transformers folder (see :func:`simcse_pipeline`).
 
     Args:
-        path: output folder.
-        net: the model (its encoder config and pooling).
-        params: ``{"encoder", "mlp"?}``; the MLP head is training-only and not written.
-        tokenizer_from: checkpoint whose tokenizer the encoder uses.
-        max_seq_length: tokens per sentence at evaluation (sentences are truncated to it).
+      path: output folder.
+      net: the model (its encoder config and pooling).
+      params: ``{"encoder", "mlp"?}``; the MLP head is training-only and not written.
+      tokenizer_from: checkpoint whose tokenizer the encoder uses.
+      max_seq_length: tokens per sentence at evaluation (sentences are truncated to it).
 
     Returns:
-        The folder; ``SentenceTransformer(path).encode(s)`` equals hnjax's evaluation vectors.
+      The folder; ``SentenceTransformer(path).encode(s)`` equals hnjax's evaluation vectors.
     """
     pipeline = simcse_pipeline(net, max_seq_length=max_seq_length)
     encoder_params = jax.device_get(params["encoder"])
@@ -121,14 +121,14 @@ def export_retriever(
     codes read. With a shared encoder only ``mention/`` is written and the config names it for both sides.
 
     Args:
-        path: output folder (created).
-        model: the retriever (scorer, n, m, shared towers).
-        params: its parameters ``{"mention", "entity"?, "codes"?}``.
-        tokenizer_from: checkpoint whose tokenizer the encoders use.
-        max_length: tokens per mention / entity in training and evaluation.
+      path: output folder (created).
+      model: the retriever (scorer, n, m, shared towers).
+      params: its parameters ``{"mention", "entity"?, "codes"?}``.
+      tokenizer_from: checkpoint whose tokenizer the encoders use.
+      max_length: tokens per mention / entity in training and evaluation.
 
     Returns:
-        The folder.
+      The folder.
     """
     out = pathlib.Path(path)
     out.mkdir(parents=True, exist_ok=True)
@@ -176,10 +176,10 @@ def load_retriever_export(
     """Reads a folder written by :func:`export_retriever` back into hnjax.
 
     Returns:
-        ``(retriever, params, config)``, ``config`` the parsed ``hnjax_retriever.json``.
+      ``(retriever, params, config)``, ``config`` the parsed ``hnjax_retriever.json``.
 
     Raises:
-        ValueError: not this format, or an unknown version or scorer (the message names the file and field).
+      ValueError: not this format, or an unknown version or scorer (the message names the file and field).
     """
     directory = pathlib.Path(path)
     config_path = directory / RETRIEVER_CONFIG
@@ -219,7 +219,7 @@ def export_reranker(
     """Writes a cross-encoder reranker as a one-label sequence classifier (:func:`hnjax.models.save_cross_encoder`).
 
     Raises:
-        ValueError: a head with no transformers / sentence-transformers equivalent (mean pooling, extra terms).
+      ValueError: a head with no transformers / sentence-transformers equivalent (mean pooling, extra terms).
     """
     extra = sorted(set(params) - {"encoder", "head"})
     if extra:

@@ -14,8 +14,8 @@ activations are alive at a time in step 3 (each scan iteration is its own remate
 are accumulated over chunks locally, with one cross-device reduction at the end (``axis_name``).
 
 References:
-    Gao, Zhang, Han & Callan, "Scaling Deep Contrastive Learning Batch Size under Memory Limited Setup",
-    RepL4NLP 2021, arXiv:2101.06983 (official code luyug/GradCache).
+  Gao, Zhang, Han & Callan, "Scaling Deep Contrastive Learning Batch Size under Memory Limited Setup",
+  RepL4NLP 2021, arXiv:2101.06983 (official code luyug/GradCache).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def _chunked(batch: Any, chunk_size: int) -> tuple[Any, int]:
         raise ValueError(f"every array in batch must share a leading batch axis; got leading sizes {sizes}")
     (n,) = sizes
     if n % chunk_size:
-        raise ValueError(f"batch size {n} must be divisible by chunk_size={chunk_size}")
+        raise ValueError(f"batch: expected a batch size divisible by chunk_size={chunk_size}, got {n}")
     n_chunks = n // chunk_size
     return jax.tree.map(lambda x: jnp.reshape(x, (n_chunks, chunk_size) + np.shape(x)[1:]), batch), n_chunks
 
@@ -53,11 +53,11 @@ def chunk_keys(key: jax.Array | None, n_chunks: int) -> jax.Array | None:
     """Per-chunk keys ``fold_in(key, c)`` for c = 0 … n_chunks − 1 (None stays None).
 
     Args:
-        key: a PRNG key, or None for a deterministic encoder.
-        n_chunks: number of chunks.
+      key: a PRNG key, or None for a deterministic encoder.
+      n_chunks: number of chunks.
 
     Returns:
-        [n_chunks] keys (stacked), or None.
+      [n_chunks] keys (stacked), or None.
     """
     if key is None:
         return None
@@ -88,34 +88,34 @@ def grad_cache(
     two dropout masks per chunk, and the gradient flows through both views.
 
     Args:
-        encode_fn: ``encode_fn(params, chunk, key) -> embeddings``: ``chunk`` is ``batch`` with every leaf's leading
-            axis cut to ``chunk_size``; the embeddings pytree has leaves with leading axis ``chunk_size``.
-        loss_fn: ``loss_fn(embeddings) -> scalar`` on the full batch of embeddings (leading axis B).
-        params: parameter pytree (floating leaves are differentiated).
-        batch: pytree of arrays with leading axis B (token ids, masks, ...); B must be divisible by ``chunk_size``.
-        chunk_size: rows per encoder chunk.
-        key: PRNG key for the encoder (dropout); chunk c uses ``fold_in(key, c)``. None for a deterministic encoder
-            (``encode_fn`` then receives None).
-        axis_name: mesh axis when called inside ``shard_map``/``pmap`` with a per-device batch and a ``loss_fn`` that
-            gathers across that axis: parameter gradients are accumulated locally over chunks and reduced with one
-            ``psum`` at the end (the parameters are cast to device-varying first, so no reduction happens per chunk).
+      encode_fn: ``encode_fn(params, chunk, key) -> embeddings``: ``chunk`` is ``batch`` with every leaf's leading
+        axis cut to ``chunk_size``; the embeddings pytree has leaves with leading axis ``chunk_size``.
+      loss_fn: ``loss_fn(embeddings) -> scalar`` on the full batch of embeddings (leading axis B).
+      params: parameter pytree (floating leaves are differentiated).
+      batch: pytree of arrays with leading axis B (token ids, masks, ...); B must be divisible by ``chunk_size``.
+      chunk_size: rows per encoder chunk.
+      key: PRNG key for the encoder (dropout); chunk c uses ``fold_in(key, c)``. None for a deterministic encoder
+        (``encode_fn`` then receives None).
+      axis_name: mesh axis when called inside ``shard_map``/``pmap`` with a per-device batch and a ``loss_fn`` that
+        gathers across that axis: parameter gradients are accumulated locally over chunks and reduced with one
+        ``psum`` at the end (the parameters are cast to device-varying first, so no reduction happens per chunk).
 
     Returns:
-        (loss scalar, grads with the structure of ``params``).
+      (loss scalar, grads with the structure of ``params``).
 
     Example:
-        >>> enc = lambda p, x, k: jnp.tanh(x @ p)
-        >>> p, x = jnp.ones((3, 2)), jnp.ones((8, 3))
-        >>> loss, g = grad_cache(enc, lambda e: jnp.sum(e**2), p, x, chunk_size=4, key=None)
+      >>> enc = lambda p, x, k: jnp.tanh(x @ p)
+      >>> p, x = jnp.ones((3, 2)), jnp.ones((8, 3))
+      >>> loss, g = grad_cache(enc, lambda e: jnp.sum(e**2), p, x, chunk_size=4, key=None)
 
     References:
-        Gao et al., arXiv:2101.06983 (GradCache; official ``GradCache.cache_step``: ``forward_no_grad``,
-        ``build_cache``, ``forward_backward``).
+      Gao et al., arXiv:2101.06983 (GradCache; official ``GradCache.cache_step``: ``forward_no_grad``,
+      ``build_cache``, ``forward_backward``).
     """
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        raise ValueError(f"chunk_size: expected a positive int, got {chunk_size!r}")
     if not callable(encode_fn) or not callable(loss_fn):
-        raise ValueError("encode_fn and loss_fn must be callable")
+        raise ValueError("encode_fn, loss_fn: expected callables")
     chunks, n_chunks = _chunked(batch, int(chunk_size))
     keys = chunk_keys(key, n_chunks)
     if axis_name is not None:

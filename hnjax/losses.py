@@ -28,6 +28,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from hnjax import scorers
+
 _REDUCTIONS = ("mean", "none")
 
 
@@ -219,30 +221,36 @@ def nce(
 # In-batch losses over two views (SimCSE layout), optionally across devices.
 # ----------------------------------------------------------------------------------------------------------------
 
-_COS_EPS = 1e-8  # as torch.nn.CosineSimilarity, which SimCSE uses
-
-
-def _normalize(z: jax.Array) -> jax.Array:
-    """Rows scaled to unit norm in (at least) float32; rows with norm below eps are divided by eps instead."""
-    z = z.astype(_accum_dtype(z.dtype))
-    sq = jnp.sum(z * z, axis=-1, keepdims=True)  # [N, 1]
-    return z * jax.lax.rsqrt(jnp.maximum(sq, _COS_EPS**2))
-
 
 def _cosine(a: jax.Array, b: jax.Array) -> jax.Array:
     """``[n, D] × [M, D] → [n, M]`` inner products of already normalised rows."""
     return jnp.einsum("nd,md->nm", a, b, preferred_element_type=a.dtype)
 
 
-def _gathered_columns(x: jax.Array, axis_name: str | None) -> tuple[jax.Array, jax.Array | int]:
-    """All rows of ``x`` across the devices of ``axis_name`` (tiled, device order) and this device's row offset.
+def gather_columns(x: jax.Array, axis_name: str | None) -> tuple[jax.Array, jax.Array | int]:
+    """All rows of ``x`` across the devices of ``axis_name`` and this device's first row among them.
 
-    Without an axis this is ``(x, 0)``. The transpose of ``all_gather`` is ``psum_scatter``, so gradients reaching
-    the gathered columns flow back to the devices that own those rows.
+    In-batch negatives across devices: every device scores its local rows against the gathered columns (the global
+    ``[N, N]`` matrix is never built on one device), and the positive of local row i sits at column ``offset + i``.
+    The transpose of ``all_gather`` is ``psum_scatter``, so gradients reaching the gathered columns flow back to the
+    devices that own those rows.
+
+    Args:
+      x: local rows ``[n, ...]``.
+      axis_name: the mapped axis (inside ``jax.shard_map`` or ``jax.pmap``), or None on one device.
+
+    Returns:
+      ``(x_all [n · axis_size, ...], offset)``: the rows of every device in device order, and ``axis_index · n``;
+      ``(x, 0)`` without an axis.
+
+    Example:
+      >>> x_all, offset = gather_columns(jnp.ones((4, 2)), None)
+      >>> x_all.shape, offset
+      ((4, 2), 0)
     """
     if axis_name is None:
         return x, 0
-    return jax.lax.all_gather(x, axis_name, tiled=True), jax.lax.axis_index(axis_name) * x.shape[0]
+    return jax.lax.all_gather(x, axis_name, axis=0, tiled=True), jax.lax.axis_index(axis_name) * x.shape[0]
 
 
 def _column_keep(
@@ -255,10 +263,10 @@ def _column_keep(
         return None
     keep = None
     if ids is not None:
-        ids_all, _ = _gathered_columns(ids, axis_name)  # [N]
+        ids_all, _ = gather_columns(ids, axis_name)  # [N]
         keep = ids[:, None] != ids_all[None, :]
     if valid is not None:
-        valid_all, _ = _gathered_columns(valid, axis_name)  # [N]
+        valid_all, _ = gather_columns(valid, axis_name)  # [N]
         keep = valid_all[None, :] if keep is None else keep & valid_all[None, :]
     n_cols = keep.shape[1]
     positive = jnp.arange(n_cols)[None, :] == labels[:, None]  # [n, N]
@@ -402,23 +410,23 @@ def infonce(
         if symmetric:
             raise ValueError("symmetric: expected False when negatives are given (no column-wise loss), got True")
 
-    a, b = _normalize(z1), _normalize(z2)  # [n, D]
-    b_all, offset = _gathered_columns(b, axis_name)  # [N, D]
+    a, b = scorers.l2_normalize(z1), scorers.l2_normalize(z2)  # [n, D]
+    b_all, offset = gather_columns(b, axis_name)  # [N, D]
     labels = offset + jnp.arange(a.shape[0])  # [n]
     keep = _column_keep(ids, valid, labels, axis_name)  # [n, N] or None; symmetric in (i, j): serves both ways
     logits = _cosine(a, b_all)  # [n, N]
     row_keep = keep
     if negatives is not None:
-        neg_all, _ = _gathered_columns(_normalize(negatives), axis_name)  # [M, D]
+        neg_all, _ = gather_columns(scorers.l2_normalize(negatives), axis_name)  # [M, D]
         logits = jnp.concatenate([logits, _cosine(a, neg_all)], axis=1)  # [n, N + M]
         if keep is not None:
             neg_keep = jnp.ones((keep.shape[0], neg_all.shape[0]), bool)
             if valid is not None and negatives.shape[0] == z1.shape[0]:  # one negative per row: padded with it
-                neg_keep = neg_keep & _gathered_columns(valid, axis_name)[0][None, :]
+                neg_keep = neg_keep & gather_columns(valid, axis_name)[0][None, :]
             row_keep = jnp.concatenate([keep, neg_keep], axis=1)
     per_row = _cross_entropy(logits / temperature, labels, row_keep)
     if symmetric:
-        a_all, _ = _gathered_columns(a, axis_name)
+        a_all, _ = gather_columns(a, axis_name)
         per_row = 0.5 * (per_row + _cross_entropy(_cosine(b, a_all) / temperature, labels, keep))
     return _inbatch_reduce(per_row, reduction, axis_name, valid)
 
@@ -477,8 +485,8 @@ def focal_infonce(
     ids = _check_ids(ids, z1.shape[0])
     valid = _check_valid(valid, z1.shape[0])
 
-    a = _normalize(z1)  # [n, D]
-    b_all, offset = _gathered_columns(_normalize(z2), axis_name)  # [N, D]
+    a = scorers.l2_normalize(z1)  # [n, D]
+    b_all, offset = gather_columns(scorers.l2_normalize(z2), axis_name)  # [N, D]
     labels = offset + jnp.arange(a.shape[0])  # [n]
     s = _cosine(a, b_all)  # [n, N]
     positive = jnp.arange(s.shape[1])[None, :] == labels[:, None]  # [n, N]

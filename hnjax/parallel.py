@@ -1,8 +1,8 @@
-"""Data parallelism: device meshes, the two data-parallel step wrappers, padding, cross-device gathers.
+"""Data parallelism: device meshes, the two data-parallel step wrappers, padding of batches to the device count.
 
 One pure per-device step function ``step(state, batch) -> (state, metrics)``, written with ``axis_name="data"``
-collectives (``lax.pmean`` of gradients, ``lax.all_gather`` of in-batch negatives), runs three ways with the same
-numbers:
+collectives (``lax.pmean`` of gradients, :func:`hnjax.losses.gather_columns` of in-batch negatives), runs three ways
+with the same numbers:
 
 * ``"none"``: ``jax.jit(step, donate_argnums=0)`` on one device (the step is built with ``axis_name=None``);
 * ``"shard_map"``: ``jax.jit(jax.shard_map(step, mesh, in_specs=(P(), P("data")), out_specs=P()))`` over a
@@ -31,9 +31,10 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from hnjax.data import batching
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def make_mesh(n_devices: int | None = None, *, axis_name: str = DATA_AXIS) -> ja
     available = jax.device_count()
     n = available if n_devices is None else n_devices
     if not 1 <= n <= available:
-        raise ValueError(f"n_devices must be between 1 and the {available} available devices, got {n_devices}")
+        raise ValueError(f"n_devices: expected between 1 and the {available} available devices, got {n_devices}")
     return jax.make_mesh((n,), (axis_name,), devices=jax.devices()[:n])
 
 
@@ -74,34 +75,6 @@ def initialize_distributed(**kwargs: Any) -> None:
     """
     jax.distributed.initialize(**kwargs)
     logger.info("distributed JAX: process %d of %d", jax.process_index(), jax.process_count())
-
-
-def all_gather(x: jax.Array, axis_name: str | None) -> jax.Array:
-    """Concatenate a per-device array along its leading axis over ``axis_name`` (identity when ``None``).
-
-    Used for in-batch negatives: each device scores its local rows against the gathered columns of every device, so
-    the global ``[B, B]`` matrix is never built on one device. The gradient flows back to every device's rows.
-
-    Args:
-      x: local array ``[B_local, ...]``.
-      axis_name: the mapped axis name (``"data"`` inside a parallel step), or ``None`` on one device.
-
-    Returns:
-      ``[B_local * n_devices, ...]``, rows of device 0 first.
-    """
-    if axis_name is None:
-        return x
-    return lax.all_gather(x, axis_name, axis=0, tiled=True)
-
-
-def shard_offset(local_size: int, axis_name: str | None) -> jax.Array | int:
-    """Global index of this device's first row in a gathered batch (``0`` on one device).
-
-    The label of local row ``i`` among gathered columns is ``shard_offset(B_local, axis) + i``.
-    """
-    if axis_name is None:
-        return 0
-    return lax.axis_index(axis_name) * local_size
 
 
 def pad_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
@@ -126,15 +99,15 @@ def pad_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
     if b == 0:
         raise ValueError("batch has no rows")
     if b > size:
-        raise ValueError(f"size must be at least the batch size {b}, got {size}")
+        raise ValueError(f"size: expected at least the batch size {b}, got {size}")
     out = {k: np.asarray(v) for k, v in batch.items()}
     valid = np.asarray(out.pop(VALID_KEY, np.ones((b,), bool)), bool)
     if valid.shape != (b,):
-        raise ValueError(f"batch['valid'] must have shape ({b},), got {valid.shape}")
-    pad = size - b
-    if pad:
-        out = {k: np.concatenate([v, np.repeat(v[:1], pad, axis=0)], axis=0) for k, v in out.items()}
-        valid = np.concatenate([valid, np.zeros((pad,), bool)])
+        raise ValueError(f"batch['valid']: expected shape ({b},), got {valid.shape}")
+    if size > b:
+        index = batching.padded_index(b, size)
+        out = {k: v[index] for k, v in out.items()}
+        valid = valid[index] & (np.arange(size) < b)
     out[VALID_KEY] = valid
     return out
 
@@ -166,14 +139,14 @@ class DataParallel:
 
     def __post_init__(self):
         if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+            raise ValueError(f"mode: expected one of {MODES}, got {self.mode!r}")
         available = jax.device_count() if self.mode == "shard_map" else jax.local_device_count()
         n = 1 if self.mode == "none" and self.n_devices is None else self.n_devices
         n = available if n is None else n
         if self.mode == "none" and n != 1:
-            raise ValueError(f"n_devices must be 1 when mode='none', got {n}; use mode 'pmap' or 'shard_map'")
+            raise ValueError(f"n_devices: expected 1 when mode='none', got {n}; use mode 'pmap' or 'shard_map'")
         if not 1 <= n <= available:
-            raise ValueError(f"n_devices must be between 1 and the {available} available devices, got {n}")
+            raise ValueError(f"n_devices: expected between 1 and the {available} available devices, got {n}")
         object.__setattr__(self, "n_devices", n)
 
     @property

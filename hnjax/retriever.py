@@ -26,6 +26,7 @@ de-duplicated (each distinct candidate entity once: ``entity_ids`` [U, Le] plus 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
@@ -34,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hnjax import losses, scorers
-from hnjax.data import packing
+from hnjax.data import batching, packing
 from hnjax.models import bert, packed, poolers
 
 SCORERS = ("dual", "multi", "som", "poly")
@@ -62,10 +63,10 @@ class RetrieverConfig:
 
     def __post_init__(self):
         if self.scorer not in SCORERS:
-            raise ValueError(f"scorer must be one of {SCORERS}, got {self.scorer!r}")
+            raise ValueError(f"scorer: expected one of {SCORERS}, got {self.scorer!r}")
         for name in ("num_entity_vectors", "num_codes", "block_size", "row_length"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+                raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,8 +86,7 @@ class Retriever:
         if not self.config.shared_encoder:
             params["entity"] = jax.tree.map(jnp.array, encoder_params)  # a copy, trained separately
         if self.config.scorer == "poly":
-            width = self.encoder.config.hidden_size
-            params["codes"] = 0.02 * jax.random.normal(key, (self.config.num_codes, width), jnp.float32)
+            params["codes"] = poolers.init_poly_codes(key, self.config.num_codes, self.encoder.config.hidden_size)
         return params
 
     def _hidden(self, tower_params, ids, mask, key):
@@ -232,6 +232,12 @@ class Retriever:
         return total / jnp.maximum(count, 1.0), {"loss_sum": total, "count": count}
 
 
+@functools.partial(jax.jit, static_argnames=("retriever", "k"))
+def _block_top_k(retriever: Retriever, q, q_mask, d, d_mask, *, k: int):
+    """Top-k of one block of mentions [b, m, D] over all entities; compiled once per retriever, k and shapes."""
+    return jax.lax.top_k(retriever.score(q, q_mask, d, d_mask), k)
+
+
 def top_k(
     retriever: Retriever,
     q: jax.Array,
@@ -244,6 +250,9 @@ def top_k(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k entities for every mention by the retriever's own score, in blocks of mentions.
 
+    Every block has ``query_block`` rows (the last is padded), so repeated calls with the same shapes reuse one
+    compilation.
+
     Args:
       retriever: the model (for its scorer).
       q, q_mask: mention vectors [Q, m, D] and mask [Q, m].
@@ -255,21 +264,12 @@ def top_k(
       (scores [Q, k] float32, indices [Q, k] int64 into the N entities), best first.
     """
     k = min(k, d.shape[0])
-
-    @jax.jit
-    def block(qb, qmb):
-        return jax.lax.top_k(retriever.score(qb, qmb, d, d_mask), k)
-
+    q, q_mask, d, d_mask = jnp.asarray(q), jnp.asarray(q_mask), jnp.asarray(d), jnp.asarray(d_mask)
     out_s, out_i = [], []
-    for start in range(0, q.shape[0], query_block):
-        qb, qmb = q[start : start + query_block], q_mask[start : start + query_block]
-        pad = query_block - qb.shape[0]
-        if pad:  # one compiled shape for every block
-            qb = jnp.concatenate([qb, jnp.zeros((pad,) + qb.shape[1:], qb.dtype)])
-            qmb = jnp.concatenate([qmb, jnp.ones((pad,) + qmb.shape[1:], bool)])
-        s, i = block(qb, qmb)
-        out_s.append(np.asarray(s)[: query_block - pad])
-        out_i.append(np.asarray(i)[: query_block - pad])
+    for index, n_real in batching.padded_batches(q.shape[0], query_block):
+        s, i = _block_top_k(retriever, q[index], q_mask[index], d, d_mask, k=k)
+        out_s.append(np.asarray(s)[:n_real])
+        out_i.append(np.asarray(i)[:n_real])
     return np.concatenate(out_s), np.concatenate(out_i).astype(np.int64)
 
 

@@ -30,7 +30,7 @@ import numpy as np
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _check_exclude(exclude: jax.Array, k: int, name: str = "exclude") -> tuple[int, int]:
+def check_exclude(exclude: jax.Array, k: int, name: str = "exclude") -> tuple[int, int]:
     """Checks ``exclude`` [B, N] and the number of negatives ``k``; returns (B, N)."""
     if exclude.ndim != 2:
         raise ValueError(f"{name}: expected a [B, N] boolean array, got shape {exclude.shape}")
@@ -61,7 +61,7 @@ def _check_scores(scores: jax.Array, exclude: jax.Array) -> jax.Array:
     return scores.astype(jnp.float32)
 
 
-def _masked_log_softmax(logits: jax.Array, exclude: jax.Array) -> jax.Array:
+def masked_log_softmax(logits: jax.Array, exclude: jax.Array) -> jax.Array:
     """log softmax over the allowed labels of each row; -inf on excluded labels (and on rows with none allowed)."""
     masked = jnp.where(exclude, -jnp.inf, logits)
     lse = jax.nn.logsumexp(masked, axis=-1, keepdims=True)  # [B, 1], -inf for a row with nothing allowed
@@ -122,7 +122,7 @@ def uniform_negatives(
       entities but the gold in hard-nce-el ``data_retriever.py``).
     """
     exclude = jnp.asarray(exclude)
-    _check_exclude(exclude, k)
+    check_exclude(exclude, k)
     return _uniform_draw(key, exclude, k, replace)
 
 
@@ -215,21 +215,21 @@ def model_negatives(
       ``data_retriever.py`` samples softmax(score * smoothing_value) with ``torch.multinomial``).
     """
     exclude = jnp.asarray(exclude)
-    _check_exclude(exclude, k)
+    check_exclude(exclude, k)
     scores = _check_scores(jnp.asarray(scores), exclude)
     if not temperature > 0:
         raise ValueError(f"temperature: expected > 0, got {temperature}")
     if not 0.0 <= smoothing <= 1.0:
         raise ValueError(f"smoothing: expected a value in [0, 1], got {smoothing}")
-    log_q = _model_log_q(jax.lax.stop_gradient(scores), exclude, temperature, smoothing)
+    log_q = model_log_q(jax.lax.stop_gradient(scores), exclude, temperature, smoothing)
     return _draw(key, log_q, k, replace)
 
 
-def _model_log_q(scores: jax.Array, exclude: jax.Array, temperature: float, smoothing: float) -> jax.Array:
+def model_log_q(scores: jax.Array, exclude: jax.Array, temperature: float, smoothing: float) -> jax.Array:
     """log q_b(y) of ``model_negatives`` [B, N] (-inf on excluded labels)."""
-    log_p = _masked_log_softmax(scores / temperature, exclude)
+    log_p = masked_log_softmax(scores / temperature, exclude)
     if smoothing > 0.0:
-        log_u = _masked_log_softmax(jnp.zeros_like(scores), exclude)
+        log_u = masked_log_softmax(jnp.zeros_like(scores), exclude)
         if smoothing < 1.0:
             log_p = jnp.logaddexp(math.log1p(-smoothing) + log_p, math.log(smoothing) + log_u)
         else:
@@ -261,7 +261,7 @@ def top_k_negatives(scores: jax.typing.ArrayLike, exclude: jax.typing.ArrayLike,
       (hard-nce-el ``data_retriever.py``, ``get_hard_negative``: ``scores.topk`` with ``--exclude_golds``).
     """
     exclude = jnp.asarray(exclude)
-    _check_exclude(exclude, k)
+    check_exclude(exclude, k)
     scores = _check_scores(jnp.asarray(scores), exclude)
     return _top_k(jax.lax.stop_gradient(scores), exclude, k)
 
@@ -314,7 +314,7 @@ def mixed_negatives(
       ``--cands_ratio`` = share of random = 1 - p).
     """
     exclude = jnp.asarray(exclude)
-    _check_exclude(exclude, k)
+    check_exclude(exclude, k)
     scores = _check_scores(jnp.asarray(scores), exclude)
     h = mixed_hard_count(k, hard_share)
     parts = []

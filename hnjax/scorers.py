@@ -44,6 +44,41 @@ MASKED_SCORE = -1e30
 ATTENTIONS = ("hard", "soft")
 DEFAULT_BLOCK_SIZE = 1024
 
+NORM_EPS = 1e-8
+"""Floor of a vector's norm in :func:`l2_normalize`: ``torch.nn.CosineSimilarity``'s eps, which SimCSE uses."""
+
+
+def l2_normalize(x: jax.typing.ArrayLike, *, eps: float = NORM_EPS) -> jax.Array | np.ndarray:
+    """Vectors scaled to unit L2 norm along the last axis: x / max(‖x‖₂, eps).
+
+    The library's one normalisation, behind every cosine similarity: the in-batch losses, mining's cosine metric,
+    sentence embeddings and the host-side metrics of :mod:`hnjax.eval`. A vector with norm below ``eps`` is divided by
+    ``eps`` (a zero vector stays zero), and the gradient is finite everywhere: computed as
+    x · rsqrt(max(Σ x², eps²)). A NumPy array is normalised on the host with NumPy and stays a NumPy array; anything
+    else goes through ``jax.numpy`` (and works under ``jit``, ``grad`` and ``vmap``).
+
+    Args:
+      x: vectors [..., D], NumPy or JAX.
+      eps: floor of the norm.
+
+    Returns:
+      [..., D] in at least float32 (bfloat16 and float16 give float32, float64 stays float64).
+
+    Example:
+      >>> l2_normalize(np.array([[3.0, 4.0], [0.0, 0.0]]))
+      array([[0.6, 0.8],
+             [0. , 0. ]])
+
+    References:
+      ``torch.nn.CosineSimilarity`` (eps 1e-8 on the norm), as used by SimCSE's ``Similarity``.
+    """
+    if isinstance(x, (np.ndarray, np.generic)):  # host arrays stay on the host (metrics, FAISS)
+        x = x.astype(np.promote_types(x.dtype, np.float32))
+        return x / np.sqrt(np.maximum(np.sum(x * x, axis=-1, keepdims=True), eps * eps))
+    x = jnp.asarray(x)
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
+
 
 def _shape_name(x: jax.Array) -> str:
     return f"shape {tuple(x.shape)}"
@@ -52,9 +87,9 @@ def _shape_name(x: jax.Array) -> str:
 def _as_vectors(x, name: str, ranks: tuple[int, ...], layouts: str) -> jax.Array:
     x = jnp.asarray(x)
     if x.ndim not in ranks:
-        raise ValueError(f"{name} must have rank {' or '.join(map(str, ranks))} ({layouts}), got {_shape_name(x)}")
+        raise ValueError(f"{name}: expected rank {' or '.join(map(str, ranks))} ({layouts}), got {_shape_name(x)}")
     if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ValueError(f"{name} must have a floating dtype, got {x.dtype}")
+        raise ValueError(f"{name}: expected a floating dtype, got {x.dtype}")
     return x
 
 
@@ -65,9 +100,9 @@ def _as_mask(mask, name: str, shape: tuple[int, ...], allow_empty: bool, what: s
     if not hasattr(mask, "dtype"):
         mask = np.asarray(mask)
     if mask.dtype != np.bool_:
-        raise ValueError(f"{name} must have dtype bool (True = real vector), got {mask.dtype}")
+        raise ValueError(f"{name}: expected dtype bool (True = real vector), got {mask.dtype}")
     if tuple(mask.shape) != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)} (the vectors' shape without D), got {mask.shape}")
+        raise ValueError(f"{name}: expected shape {tuple(shape)} (the vectors' shape without D), got {mask.shape}")
     if not allow_empty and not isinstance(mask, jax.core.Tracer) and mask.size:
         empty = np.argwhere(~np.asarray(mask).any(axis=-1))  # concrete masks only: a host read, outside any trace
         if empty.size:
@@ -80,7 +115,7 @@ def _as_mask(mask, name: str, shape: tuple[int, ...], allow_empty: bool, what: s
 
 def _check_block_size(block_size) -> int:
     if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
-        raise ValueError(f"block_size must be a positive int, got {block_size!r}")
+        raise ValueError(f"block_size: expected a positive int, got {block_size!r}")
     return int(block_size)
 
 
@@ -94,22 +129,44 @@ def _validate_pair(q, d, q_mask, d_mask, allow_empty: bool):
     q = _as_vectors(q, "q", (3,), "[B, m, D]")
     d = _as_vectors(d, "d", (3, 4), "[N, n, D] all pairs or [B, K, n, D] paired")
     if q.shape[-1] != d.shape[-1]:
-        raise ValueError(f"q and d must have the same width D, got q {_shape_name(q)} and d {_shape_name(d)}")
+        raise ValueError(f"q and d: expected the same width D, got q {_shape_name(q)} and d {_shape_name(d)}")
     if d.ndim == 4 and d.shape[0] != q.shape[0]:
         raise ValueError(
-            f"paired layout needs d.shape[0] == B: q {_shape_name(q)} has B={q.shape[0]}, d {_shape_name(d)}"
+            f"d: expected d.shape[0] == B={q.shape[0]} of q {_shape_name(q)} (paired layout), got d {_shape_name(d)}"
         )
     if q.shape[1] == 0:
-        raise ValueError(f"q must have at least one vector per query (m >= 1), got {_shape_name(q)}")
+        raise ValueError(f"q: expected at least one vector per query (m >= 1), got {_shape_name(q)}")
     if d.shape[-2] == 0:
-        raise ValueError(f"d must have at least one vector per document (n >= 1), got {_shape_name(d)}")
+        raise ValueError(f"d: expected at least one vector per document (n >= 1), got {_shape_name(d)}")
     q_mask = _as_mask(q_mask, "q_mask", q.shape[:-1], allow_empty, "queries")
     d_mask = _as_mask(d_mask, "d_mask", d.shape[:-1], allow_empty, "documents")
     return q, d, q_mask, d_mask
 
 
-def _reduce_hard(sim, qm, dm):
-    """Σ_i max_j sim over real i, j. sim [B, C, m, n]; qm [B, 1, m]; dm [B or 1, C, n] -> [B, C] (None = all real)."""
+def reduce_sum_of_max(sim: jax.Array, q_mask: jax.Array | None = None, d_mask: jax.Array | None = None) -> jax.Array:
+    """Sum over real query vectors of the max over real document vectors: Σ_{i: q_mask_i} max_{j: d_mask_j} sim_ij.
+
+    The hard-attention reduction of a similarity tile; :func:`late_interaction` and the blockwise in-batch loss
+    (:func:`hnjax.blockwise.sum_of_max_scores`) both reduce their tiles with it. A document with no real vector
+    contributes 0 (the masked maximum would be ``finfo.min``), and so does every padding query vector.
+
+    Args:
+      sim: similarities [B, C, m, n] of B queries' m vectors against C documents' n vectors.
+      q_mask: bool [B, 1, m] (or broadcastable to [B, C, m]); None means all real.
+      d_mask: bool [B or 1, C, n]; None means all real.
+
+    Returns:
+      [B, C] scores in the dtype of ``sim``.
+
+    Example:
+      >>> sim = jnp.array([[[[1.0, 3.0], [2.0, 0.0]]]])  # B = C = 1, m = n = 2
+      >>> reduce_sum_of_max(sim)  # max(1, 3) + max(2, 0)
+      Array([[5.]], dtype=float32)
+
+    References:
+      Khattab & Zaharia, "ColBERT", SIGIR 2020 (MaxSim); Zhang & Stratos, NAACL 2021 (SOM).
+    """
+    qm, dm = q_mask, d_mask
     if dm is not None:
         sim = jnp.where(dm[:, :, None, :], sim, jnp.finfo(sim.dtype).min)
     best = jnp.max(sim, axis=-1)  # [B, C, m]
@@ -130,7 +187,7 @@ def _reduce_soft(sim, qm, dm):
     return jnp.sum(per_doc_vec, axis=-1)
 
 
-_REDUCERS = {"hard": _reduce_hard, "soft": _reduce_soft}
+_REDUCERS = {"hard": reduce_sum_of_max, "soft": _reduce_soft}
 
 
 def _late_interaction_impl(q, d, q_mask, d_mask, attention: str, block_size: int):
@@ -229,7 +286,7 @@ def late_interaction(
       function); official code WenzhengZhang/hard-nce-el, retriever.py `HardAttention`, `SoftAttention`.
     """
     if attention not in ATTENTIONS:
-        raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
+        raise ValueError(f"attention: expected one of {ATTENTIONS}, got {attention!r}")
     block_size = _check_block_size(block_size)
     q, d, q_mask, d_mask = _validate_pair(q, d, q_mask, d_mask, allow_empty)
     return _late_interaction_jit(q, d, q_mask, d_mask, attention=attention, block_size=block_size)
@@ -347,14 +404,14 @@ def multi_vector(
     """
     q = _as_vectors(q, "q", (2, 3), "[B, D] or [B, 1, D]")
     if q.ndim == 3 and q.shape[1] != 1:
-        raise ValueError(f"multi_vector takes one query vector: q must be [B, D] or [B, 1, D], got {_shape_name(q)}")
+        raise ValueError(f"q: expected [B, D] or [B, 1, D] (multi_vector takes one query vector), got {_shape_name(q)}")
     d = _as_vectors(d, "d", (3, 4), "[N, L, D] all pairs or [B, K, L, D] paired")
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= d.shape[-2]:
-        raise ValueError(f"n must be an int with 1 <= n <= L = d.shape[-2] = {d.shape[-2]}, got {n!r}")
+        raise ValueError(f"n: expected an int with 1 <= n <= L = d.shape[-2] = {d.shape[-2]}, got {n!r}")
     if d_mask is not None:
         d_mask = d_mask if hasattr(d_mask, "shape") else np.asarray(d_mask)
         if tuple(d_mask.shape) != tuple(d.shape[:-1]):
-            raise ValueError(f"d_mask must have shape {tuple(d.shape[:-1])} (d without D), got {d_mask.shape}")
+            raise ValueError(f"d_mask: expected shape {tuple(d.shape[:-1])} (d without D), got {d_mask.shape}")
         d_mask = d_mask[..., :n]
     q = q.reshape(q.shape[0], 1, q.shape[-1])
     return late_interaction(
@@ -384,12 +441,12 @@ def dual(q: jax.typing.ArrayLike, d: jax.typing.ArrayLike) -> jax.Array:
     q = _as_vectors(q, "q", (2,), "[B, D]")
     d = _as_vectors(d, "d", (2, 3), "[N, D] all pairs or [B, K, D] paired")
     if q.shape[-1] != d.shape[-1]:
-        raise ValueError(f"q and d must have the same width D, got q {_shape_name(q)} and d {_shape_name(d)}")
+        raise ValueError(f"q and d: expected the same width D, got q {_shape_name(q)} and d {_shape_name(d)}")
     acc = _acc_dtype(q.dtype, d.dtype)
     if d.ndim == 2:
         return jnp.einsum("bh,nh->bn", q, d, preferred_element_type=acc)
     if d.shape[0] != q.shape[0]:
         raise ValueError(
-            f"paired layout needs d.shape[0] == B: q {_shape_name(q)} has B={q.shape[0]}, d {_shape_name(d)}"
+            f"d: expected d.shape[0] == B={q.shape[0]} of q {_shape_name(q)} (paired layout), got d {_shape_name(d)}"
         )
     return jnp.einsum("bh,bkh->bk", q, d, preferred_element_type=acc)

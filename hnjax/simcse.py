@@ -8,7 +8,8 @@ unsupervised setting (``--pooler_type cls --mlp_only_train``), which Focal-InfoN
 :func:`hnjax.losses.infonce` or :func:`hnjax.losses.focal_infonce`; inside ``pmap``/``shard_map`` the second views
 are all-gathered so every sentence of the global batch is a negative.
 
-Parameters are ``{"encoder": ..., "mlp": ...}`` (``"mlp"`` only with ``pooling="cls"``).
+Parameters are ``{"encoder": ..., "mlp": ...}`` (``"mlp"`` only with ``pooling="cls"``). :func:`compare_runs`
+summarises finished runs over seeds.
 
 Two batch layouts, the same loss: padded (``input_ids``/``attention_mask`` [B, L], each view one encoder pass) or
 packed (:func:`pack_batch`: both views of every sentence packed into rows of ``row_length`` tokens and encoded in one
@@ -24,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hnjax import eval as ev
 from hnjax import losses
 from hnjax.data import packing
 from hnjax.models import bert, packed, poolers
@@ -54,13 +56,13 @@ class SimCSE:
 
     def __post_init__(self):
         if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+            raise ValueError(f"pooling: expected one of {POOLINGS}, got {self.pooling!r}")
         if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+            raise ValueError(f"loss: expected one of {LOSSES}, got {self.loss!r}")
         if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+            raise ValueError(f"temperature: expected > 0, got {self.temperature}")
         if not isinstance(self.row_length, int) or self.row_length < 1:
-            raise ValueError(f"row_length must be a positive integer, got {self.row_length!r}")
+            raise ValueError(f"row_length: expected a positive integer, got {self.row_length!r}")
 
     @property
     def head(self) -> poolers.MLPHead:
@@ -170,4 +172,45 @@ def pack_batch(
         keys=[[(i, 0), (i, 1)] for i in order],
     ).as_batch()  # fmt: skip
     out["valid"] = valid
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Comparing finished runs (the results.json of experiments/simcse_focal.py)
+# ---------------------------------------------------------------------------------------------------------------------
+
+RUN_FIELDS = ("loss", "seed", "best_dev_spearman", "dev_curve", "final")
+
+
+def compare_runs(runs: Sequence[dict]) -> dict[str, dict]:
+    """Per loss, over the runs' seeds: the best STS-B dev Spearman of each run, its mean ± std, the final sets' means.
+
+    Args:
+      runs: ``results.json`` contents of ``experiments/simcse_focal.py`` runs (fields ``RUN_FIELDS`` and
+        ``steps``), in any order.
+
+    Returns:
+      ``{loss: {"seeds", "steps", "best_dev_spearman": [per seed], "mean", "std" (sample std, 0 for one seed),
+      "start_dev_spearman": [step-0 value per run that has one], "final_mean": {set: mean Spearman}}}``, losses in
+      sorted order, runs of a loss in seed order.
+    """
+    out = {}
+    for loss in sorted({r["loss"] for r in runs}):
+        rs = sorted((r for r in runs if r["loss"] == loss), key=lambda r: r["seed"])
+        best = [r["best_dev_spearman"] for r in rs]
+        finals: dict[str, list[float]] = {}
+        for r in rs:
+            for name, v in r["final"].items():
+                if isinstance(v, dict) and "spearman" in v:
+                    finals.setdefault(name, []).append(v["spearman"])
+        stats = ev.mean_std(best)
+        out[loss] = {
+            "seeds": [r["seed"] for r in rs],
+            "steps": sorted({r["steps"] for r in rs}),
+            "best_dev_spearman": best,
+            "mean": stats["mean"],
+            "std": stats["std"],
+            "start_dev_spearman": [r["dev_curve"][0]["stsb_dev_spearman"] for r in rs if r["dev_curve"]],
+            "final_mean": {k: ev.mean_std(v)["mean"] for k, v in finals.items()},
+        }
     return out

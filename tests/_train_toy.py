@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from hnjax import parallel
+from hnjax import losses
 
 TAU = 0.1
 
@@ -49,14 +49,14 @@ def loss_fn(params, batch, key, axis_name=None, token_dropout=0.1):
     q = q / jnp.maximum(jnp.linalg.norm(q, axis=-1, keepdims=True), 1e-6)  # [B, D]
     d = encode(params, batch["doc"])  # [B, D]
     valid = batch["valid"]
-    d_all = parallel.all_gather(d, axis_name)  # [B_g, D]
-    v_all = parallel.all_gather(valid, axis_name)
+    d_all, offset = losses.gather_columns(d, axis_name)  # [B_g, D]
+    v_all, _ = losses.gather_columns(valid, axis_name)
     inbatch = jnp.where(v_all[None, :], q @ d_all.T / TAU, -1e9)  # [B, B_g]
     logits = inbatch
     if "neg" in batch:
         negs = encode(params, batch["neg"])  # [B, K-1, D]
         logits = jnp.concatenate([inbatch, jnp.einsum("bd,bkd->bk", q, negs) / TAU], axis=1)
-    labels = parallel.shard_offset(q.shape[0], axis_name) + jnp.arange(q.shape[0])
+    labels = offset + jnp.arange(q.shape[0])
     ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1)[:, 0]
     num, den = jnp.sum(jnp.where(valid, ce, 0.0)), jnp.sum(valid.astype(jnp.float32))
     if axis_name is not None:

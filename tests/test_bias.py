@@ -560,6 +560,47 @@ def test_experiment_script_smoke(tmp_path):
         assert (out / png).stat().st_size > 1000
 
 
-def test_samplers_are_reexported_by_bias():
-    for name in ("uniform_negatives", "model_negatives", "top_k_negatives", "mixed_negatives", "mixed_hard_count"):
-        assert getattr(bias, name) is getattr(samplers, name)
+def test_paper_figure_ships_with_the_package():
+    paper = bias_synthetic.paper_figure()
+    assert set(paper) == {"hard_bias", "random_bias", "ce_loss", "hard_nce_loss", "random_nce_loss", "pop_entropy"}
+    assert all(len(paper[k]) == 30 for k in paper if k != "pop_entropy")
+    # DESIGN.md's reading of the figure: hard bias peaks at 12.3 then falls to 0.012; hard NCE 0.818 vs CE 0.819.
+    assert max(paper["hard_bias"]) == 12.343 and paper["hard_bias"][-1] == 0.012
+    assert (paper["hard_nce_loss"][-1], paper["ce_loss"][-1], paper["ce_loss"][0]) == (0.818, 0.819, None)
+    assert paper["pop_entropy"] == 0.802
+
+
+def test_experiment_samplers_and_groups():
+    plain, groups = bias_synthetic.experiment_samplers(4, extensions=False)
+    assert set(plain) == {"hard", "random"} and groups == {}
+    assert (plain["hard"].kind, plain["hard"].k, plain["random"].kind) == ("model", 4, "uniform")
+    s, g = bias_synthetic.experiment_samplers(4, hard_shares=(0.0, 0.5), candidates=(2, 5))
+    assert g["logq"] == ["hard", "hard_logq_replace", "hard_logq_noreplace"]
+    assert s["hard_logq_replace"].replace and not s["hard_logq_noreplace"].replace
+    assert g["hard_share"] == {0.0: "mixed_p0", 0.5: "mixed_p0.5"} and s["mixed_p0.5"].hard_share == 0.5
+    assert g["K"] == {2: {"hard": "hard_K2", "random": "random_K2"}, 5: {"hard": "hard", "random": "random"}}
+    assert s["hard_K2"].k == 1 and s["random_K2"].kind == "uniform"
+
+
+def test_summarize_and_average_over_seeds():
+    def run(hard, random, gap):
+        ce = [1.0] * 30
+        return {"pop_entropy": 0.8, "dropped_pop_mass": 0.0, "ce_loss": ce, "hard_nce_loss": [c + gap for c in ce],
+                "hard_bias": [hard] * 30, "random_bias": [random] * 30}  # fmt: skip
+
+    per_seed = {0: run(0.5, 5.0, 0.01), 1: run(1.5, 3.0, 0.03), 2: run(4.0, 2.0, 0.05)}
+    summary = bias_synthetic.summarize(per_seed)
+    claims = summary["claims (need --steps >= 30)"]
+    assert claims["hard_mean_bias_below_random_on_every_seed (steps 20-30)"] is False  # seed 2: 4.0 > 2.0
+    assert claims["seeds_with_hard_below_random_at_last_step"] == 2 and claims["num_seeds"] == 3
+    assert claims["median_max_abs_hard_loss_minus_ce_steps15_30"] == pytest.approx(0.03)
+    assert summary["hard_bias_mean_steps20_30"]["mean"] == pytest.approx(2.0)
+    assert summary["hard_bias_mean_steps20_30"]["std"] == pytest.approx(np.std([0.5, 1.5, 4.0], ddof=1))
+    assert summary["bias_last_step_by_sampler"]["random"]["mean"] == pytest.approx(10 / 3)
+    short = bias_synthetic.summarize({0: {k: v[:10] if isinstance(v, list) else v for k, v in run(1, 2, 0).items()}})
+    assert short["claims (need --steps >= 30)"]["hard_mean_bias_below_random_on_every_seed (steps 20-30)"] is None
+    assert short["hard_bias_mean_steps20_30"] == {"mean": None, "std": None}
+    mean = bias_synthetic.average_over_seeds(per_seed)
+    np.testing.assert_allclose(mean["hard_bias"], [2.0] * 30)
+    np.testing.assert_allclose(mean["hard_bias_std"], [np.std([0.5, 1.5, 4.0], ddof=1)] * 30)
+    assert "pop_entropy" not in mean

@@ -554,7 +554,7 @@ def test_invalid_shapes():
     z = jnp.ones((4, 3))
     with pytest.raises(ValueError, match="same shape"):
         blockwise.blockwise_infonce(z, jnp.ones((5, 3)))
-    with pytest.raises(ValueError, match=r"z1 must have shape \[B, D\]"):
+    with pytest.raises(ValueError, match=r"z1: expected shape \[B, D\]"):
         blockwise.blockwise_focal_infonce(jnp.ones((4,)), jnp.ones((4,)))
     with pytest.raises(ValueError, match="floating"):
         blockwise.blockwise_infonce(jnp.ones((4, 3), jnp.int32), jnp.ones((4, 3), jnp.int32))
@@ -708,7 +708,7 @@ def test_grad_cache_invalid_arguments():
     enc = lambda p, x, k: x @ p
     with pytest.raises(ValueError, match="divisible by chunk_size=5"):
         gradcache.grad_cache(enc, jnp.sum, jnp.ones((2, 2)), jnp.ones((12, 2)), chunk_size=5, key=None)
-    with pytest.raises(ValueError, match="chunk_size must be a positive int"):
+    with pytest.raises(ValueError, match="chunk_size: expected a positive int"):
         gradcache.grad_cache(enc, jnp.sum, jnp.ones((2, 2)), jnp.ones((12, 2)), chunk_size=0, key=None)
     with pytest.raises(ValueError, match="leading batch axis"):
         gradcache.grad_cache(

@@ -159,7 +159,7 @@ def test_uniformity_extremes():
 def test_alignment_uniformity_reject_bad_input():
     with pytest.raises(ValueError, match="at least 2"):
         ev.uniformity(np.ones((1, 3)))
-    with pytest.raises(ValueError, match="t must be > 0"):
+    with pytest.raises(ValueError, match="t: expected > 0"):
         ev.uniformity(np.ones((3, 3)), t=0.0)
     with pytest.raises(ValueError, match="alpha"):
         ev.alignment(np.ones((3, 3)), np.ones((3, 3)), alpha=0.0)
@@ -262,6 +262,25 @@ def _toy_sets(rng):
     }
 
 
+def test_sts_cosine_agreement_is_the_largest_pair_cosine_difference():
+    rng = np.random.default_rng(11)
+    sets = _toy_sets(rng)
+    sentences = {s for st_ in sets.values() for p in st_.subsets.values() for s in p.sentences1 + p.sentences2}
+    a = {s: rng.normal(size=6) for s in sentences}
+    b = {s: v + 0.05 * rng.normal(size=6) for s, v in a.items()}
+    got = ev.sts_cosine_agreement(sets, a, b)
+    assert set(got) == set(sets)
+    for name, st_ in sets.items():
+        diffs = [
+            abs(float(np.dot(a[x], a[y]) / np.linalg.norm(a[x]) / np.linalg.norm(a[y]))
+                - float(np.dot(b[x], b[y]) / np.linalg.norm(b[x]) / np.linalg.norm(b[y])))
+            for p in st_.subsets.values()
+            for x, y in zip(p.sentences1, p.sentences2)
+        ]  # fmt: skip
+        assert got[name] == pytest.approx(max(diffs), rel=1e-9, abs=1e-12)
+    assert ev.sts_cosine_agreement(sets, a, a) == {name: 0.0 for name in sets}
+
+
 def test_evaluate_sts_matches_reference():
     rng = np.random.default_rng(7)
     sets = _toy_sets(rng)
@@ -331,6 +350,29 @@ def test_evaluate_sts_rejects_bad_embeddings():
         ev.evaluate_sts(lambda ss: np.ones((len(ss) - 1, 4)), sets)
     with pytest.raises(ValueError, match="empty"):
         ev.evaluate_sts(lambda ss: np.ones((len(ss), 4)), {})
+
+
+@pytest.mark.parametrize("only_a,only_b", [(0, 0), (0, 5), (3, 9), (11, 46), (20, 20), (1, 30)])
+def test_mcnemar_exact_equals_scipy_binomial_test(only_a, only_b):
+    scipy_stats = pytest.importorskip("scipy.stats")
+    n = only_a + only_b
+    expected = 1.0 if n == 0 else scipy_stats.binomtest(only_b, n, 0.5).pvalue
+    assert ev.mcnemar_exact(only_a, only_b) == pytest.approx(expected, rel=1e-9)
+
+
+def test_paired_comparison_counts_discordant_items():
+    a = np.array([True, True, False, False, True, False])
+    b = np.array([True, False, True, True, True, True])
+    c = ev.paired_comparison(a, b)
+    assert (c["items"], c["only_a"], c["only_b"]) == (6, 1, 3)
+    assert (c["accuracy_a"], c["accuracy_b"]) == (3 / 6, 5 / 6)
+    assert c["mcnemar_p"] == pytest.approx(2 * (1 + 4) / 16)  # P(X <= 1), X ~ Bin(4, 1/2), two-sided
+    with pytest.raises(ValueError, match="only_a: expected an int >= 0"):
+        ev.mcnemar_exact(-1, 2)
+    with pytest.raises(ValueError, match="correct_a, correct_b"):
+        ev.paired_comparison(a, b[:5])
+    with pytest.raises(ValueError, match="correct_a, correct_b"):
+        ev.paired_comparison(a.astype(int), b)
 
 
 def test_docstring_examples():

@@ -4,13 +4,16 @@ import importlib.util
 import json
 import pathlib
 import statistics
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 
-from hnjax import models
+from hnjax import models, plots, simcse
 from hnjax.models import bert
+from hnjax.train import metrics
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STS_FIXTURES = ROOT / "tests" / "data" / "sts" / "senteval" / "STS"
@@ -64,7 +67,7 @@ def test_simcse_focal_end_to_end_and_resume(tmp_path, tiny_checkpoint):
     assert again["best_dev_spearman"] == pytest.approx(saved["best_dev_spearman"])
 
 
-def test_compare_summarizes_runs(tmp_path):
+def _write_runs(tmp_path):
     runs = []
     for loss, values in (("infonce", [70.0, 72.0, 71.0]), ("focal", [73.0, 74.5, 72.5])):
         for seed, best in enumerate(values):
@@ -77,10 +80,33 @@ def test_compare_summarizes_runs(tmp_path):
                 "final": {"STSBenchmark-dev": dev},
             }))  # fmt: skip
             runs.append(str(d))
-    summary = _script("simcse_compare").main(runs + ["--out", str(tmp_path / "cmp")])
+    return runs
+
+
+def test_compare_summarizes_runs(tmp_path):
+    paths = _write_runs(tmp_path)
+    runs = [metrics.read_results(p, required=simcse.RUN_FIELDS) for p in paths]
+    summary = simcse.compare_runs(runs)
     assert summary["focal"]["mean"] == pytest.approx(73.333333, rel=1e-6)
     assert summary["infonce"]["std"] == pytest.approx(statistics.stdev([70.0, 72.0, 71.0]))
     assert summary["focal"]["seeds"] == [0, 1, 2]
-    assert (tmp_path / "cmp" / "dev_spearman.png").exists() and (tmp_path / "cmp" / "align_uniform.png").exists()
-    with pytest.raises(SystemExit, match="missing"):
-        _script("simcse_compare").main([str(tmp_path / "nope"), "--out", str(tmp_path / "x")])
+    plots.simcse_comparison(runs, str(tmp_path / "dev_spearman.png"), str(tmp_path / "align_uniform.png"))
+    assert (tmp_path / "dev_spearman.png").exists() and (tmp_path / "align_uniform.png").exists()
+    with pytest.raises(FileNotFoundError, match="missing"):
+        metrics.read_results(tmp_path / "nope", required=simcse.RUN_FIELDS)
+    (tmp_path / "focal-s0" / "results.json").write_text(json.dumps({"loss": "focal"}))
+    with pytest.raises(ValueError, match="field 'seed' is missing"):
+        metrics.read_results(tmp_path / "focal-s0", required=simcse.RUN_FIELDS)
+
+
+def test_compare_command_line(tmp_path):
+    """python experiments/simcse_compare.py RUN... --out FILE.json: the JSON file, the figures next to it."""
+    paths = _write_runs(tmp_path)
+    out = tmp_path / "cmp" / "compare.json"
+    cmd = [sys.executable, str(ROOT / "experiments" / "simcse_compare.py"), *paths, "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(out.read_text())["summary"]["focal"]["seeds"] == [0, 1, 2]
+    assert "| focal | [0, 1, 2] |" in proc.stdout
+    assert (tmp_path / "cmp" / "compare_dev_spearman.png").exists()
+    assert (tmp_path / "cmp" / "compare_align_uniform.png").exists()

@@ -7,7 +7,7 @@ import optax
 import pytest
 from jax import lax
 
-from hnjax import parallel
+from hnjax import losses, parallel
 from hnjax.train import state as state_lib
 from hnjax.train import step as step_lib
 
@@ -23,15 +23,16 @@ def inbatch_loss(params, batch, key, axis_name=None):
     """In-batch softmax CE with one explicit hard negative per query, negatives gathered over devices.
 
     Columns: every gathered positive, then every gathered hard negative; the gold of local row i is column
-    shard_offset + i. Returns the global-batch mean over valid rows (psum of sums / psum of counts).
+    offset + i (losses.gather_columns). Returns the global-batch mean over valid rows (psum of sums / psum of counts).
     """
     del key
     q, d, n = encode(params, batch["q"]), encode(params, batch["d"]), encode(params, batch["n"])
     valid = batch["valid"]
-    cols = jnp.concatenate([parallel.all_gather(d, axis_name), parallel.all_gather(n, axis_name)])  # [2 B_g, D]
-    col_valid = jnp.tile(parallel.all_gather(valid, axis_name), 2)
+    (d_all, offset), (n_all, _) = losses.gather_columns(d, axis_name), losses.gather_columns(n, axis_name)
+    cols = jnp.concatenate([d_all, n_all])  # [2 B_g, D]
+    col_valid = jnp.tile(losses.gather_columns(valid, axis_name)[0], 2)
     logits = jnp.where(col_valid[None, :], q @ cols.T / TAU, -1e9)  # [B, 2 B_g]
-    labels = parallel.shard_offset(q.shape[0], axis_name) + jnp.arange(q.shape[0])
+    labels = offset + jnp.arange(q.shape[0])
     ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1)[:, 0]
     num, den = jnp.sum(jnp.where(valid, ce, 0.0)), jnp.sum(valid.astype(jnp.float32))
     pos = jnp.sum(jnp.where(valid, jnp.sum(q * d, -1), 0.0))
@@ -218,7 +219,7 @@ def test_split_micro_batches_is_strided():
 def test_pad_batch_validation():
     with pytest.raises(ValueError, match="leading axis"):
         parallel.pad_batch({"a": np.zeros(3), "b": np.zeros(4)}, 8)
-    with pytest.raises(ValueError, match="size must be at least"):
+    with pytest.raises(ValueError, match="size: expected at least"):
         parallel.pad_batch({"a": np.zeros(9)}, 8)
     out = parallel.pad_batch({"a": np.array([1.0, 2.0]), "valid": np.array([True, False])}, 4)
     np.testing.assert_array_equal(out["a"], [1.0, 2.0, 1.0, 1.0])
@@ -226,11 +227,11 @@ def test_pad_batch_validation():
 
 
 def test_data_parallel_validation():
-    with pytest.raises(ValueError, match="mode must be one of"):
+    with pytest.raises(ValueError, match="mode: expected one of"):
         parallel.DataParallel("ddp")
-    with pytest.raises(ValueError, match="n_devices must be 1 when mode='none'"):
+    with pytest.raises(ValueError, match="n_devices: expected 1 when mode='none'"):
         parallel.DataParallel("none", 2)
-    with pytest.raises(ValueError, match="n_devices must be between 1 and the 8"):
+    with pytest.raises(ValueError, match="n_devices: expected between 1 and the 8"):
         parallel.DataParallel("shard_map", 9)
     with pytest.raises(ValueError, match="not divisible by n_devices=8"):
         parallel.DataParallel("shard_map", 8).put_batch({"x": np.zeros((12, 2))})

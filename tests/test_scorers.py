@@ -354,26 +354,29 @@ def test_bad_input_raises_with_informative_messages():
     qp, dp, _, dmp = make_case(8, "paired")
     cases = [
         (lambda: scorers.sum_of_max(q[..., :7], d), r"same width D.*\(3, 4, 7\).*\(5, 6, 8\)"),
-        (lambda: scorers.sum_of_max(q[0], d), r"q must have rank 3.*got shape \(4, 8\)"),
-        (lambda: scorers.poly(q, d[0]), r"d must have rank 3 or 4.*got shape \(6, 8\)"),
-        (lambda: scorers.sum_of_max(q, d, qm.astype(np.int32)), r"q_mask must have dtype bool.*int32"),
-        (lambda: scorers.poly(q, d, qm, dm.astype(np.float32)), r"d_mask must have dtype bool.*float32"),
-        (lambda: scorers.sum_of_max(q, d, qm[:, :3]), r"q_mask must have shape \(3, 4\).*\(3, 3\)"),
-        (lambda: scorers.sum_of_max(q, d, None, dm[:, :2]), r"d_mask must have shape \(5, 6\).*\(5, 2\)"),
-        (lambda: scorers.late_interaction(q, d, attention="max"), r"attention must be one of.*'max'"),
-        (lambda: scorers.late_interaction(q, d, block_size=0), r"block_size must be a positive int, got 0"),
-        (lambda: scorers.sum_of_max(q[:2], dp), r"paired layout needs d.shape\[0\] == B.*B=2"),
-        (lambda: scorers.sum_of_max(q.astype(np.int32), d), r"q must have a floating dtype, got int32"),
+        (lambda: scorers.sum_of_max(q[0], d), r"q: expected rank 3.*got shape \(4, 8\)"),
+        (lambda: scorers.poly(q, d[0]), r"d: expected rank 3 or 4.*got shape \(6, 8\)"),
+        (lambda: scorers.sum_of_max(q, d, qm.astype(np.int32)), r"q_mask: expected dtype bool.*int32"),
+        (lambda: scorers.poly(q, d, qm, dm.astype(np.float32)), r"d_mask: expected dtype bool.*float32"),
+        (lambda: scorers.sum_of_max(q, d, qm[:, :3]), r"q_mask: expected shape \(3, 4\).*\(3, 3\)"),
+        (lambda: scorers.sum_of_max(q, d, None, dm[:, :2]), r"d_mask: expected shape \(5, 6\).*\(5, 2\)"),
+        (lambda: scorers.late_interaction(q, d, attention="max"), r"attention: expected one of.*'max'"),
+        (lambda: scorers.late_interaction(q, d, block_size=0), r"block_size: expected a positive int, got 0"),
+        (lambda: scorers.sum_of_max(q[:2], dp), r"d: expected d.shape\[0\] == B=2.*paired layout"),
+        (lambda: scorers.sum_of_max(q.astype(np.int32), d), r"q: expected a floating dtype, got int32"),
         (lambda: scorers.sum_of_max(q[:, :0], d), r"at least one vector per query"),
-        (lambda: scorers.dual(q, d[:, 0]), r"q must have rank 2.*\[B, D\]"),
-        (lambda: scorers.dual(q[:, 0], d), r"paired layout needs d.shape\[0\] == B.*B=3, d shape \(5, 6, 8\)"),
+        (lambda: scorers.dual(q, d[:, 0]), r"q: expected rank 2.*\[B, D\]"),
+        (
+            lambda: scorers.dual(q[:, 0], d),
+            r"d: expected d.shape\[0\] == B=3.*paired layout\), got d shape \(5, 6, 8\)",
+        ),
         (lambda: scorers.dual(q[:, 0], d[:, :, :7]), r"same width D"),
-        (lambda: scorers.dual(q[:2, 0], dp[:, :, 0]), r"paired layout needs d.shape\[0\] == B.*B=2"),
+        (lambda: scorers.dual(q[:2, 0], dp[:, :, 0]), r"d: expected d.shape\[0\] == B=2.*paired layout"),
         (lambda: scorers.multi_vector(q, d, 2), r"one query vector.*\(3, 4, 8\)"),
-        (lambda: scorers.multi_vector(q[:, 0], d, 7), r"n must be an int with 1 <= n <= L = .* = 6, got 7"),
-        (lambda: scorers.multi_vector(q[:, 0], d, 0), r"n must be an int .* got 0"),
-        (lambda: scorers.multi_vector(q[:, 0], d, 2, dm[:, :2]), r"d_mask must have shape \(5, 6\)"),
-        (lambda: scorers.multi_vector(q[:, 0], d, 2, dm.astype(np.int8)), r"d_mask must have dtype bool"),
+        (lambda: scorers.multi_vector(q[:, 0], d, 7), r"n: expected an int with 1 <= n <= L = .* = 6, got 7"),
+        (lambda: scorers.multi_vector(q[:, 0], d, 0), r"n: expected an int .* got 0"),
+        (lambda: scorers.multi_vector(q[:, 0], d, 2, dm[:, :2]), r"d_mask: expected shape \(5, 6\)"),
+        (lambda: scorers.multi_vector(q[:, 0], d, 2, dm.astype(np.int8)), r"d_mask: expected dtype bool"),
     ]
     for call, pattern in cases:
         with pytest.raises(ValueError, match=pattern):
@@ -382,7 +385,7 @@ def test_bad_input_raises_with_informative_messages():
 
 def test_validation_also_runs_under_jit():
     q, d, qm, dm = make_case(9, "all_pairs")
-    with pytest.raises(ValueError, match="q_mask must have dtype bool"):
+    with pytest.raises(ValueError, match="q_mask: expected dtype bool"):
         jax.jit(scorers.sum_of_max)(q, d, qm.astype(np.float32), dm)
 
 
@@ -441,3 +444,36 @@ def test_all_pairs_memory_is_bounded_by_the_block(attention):
     assert temp_bytes_of_gradient(attention, **shape, block_size=128) < full_bytes / 4
     if attention == "hard":  # control: without blocking the measurement does see the full tensor
         assert temp_bytes_of_gradient(attention, **shape, block_size=4096) >= full_bytes
+
+
+# ---------------------------------------------------------------------------------------------------- l2_normalize
+
+
+def test_l2_normalize_numpy_and_jax_match_float64_reference():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6, 5)) * rng.uniform(1e-3, 1e3, size=(6, 1))
+    x[2] = 0.0  # a zero row stays zero
+    x[4] = 1e-10  # norm below eps: divided by eps
+    norms = np.sqrt(np.sum(x * x, axis=-1, keepdims=True))
+    expected = x / np.maximum(norms, scorers.NORM_EPS)  # float64 reference
+    host = scorers.l2_normalize(x)
+    assert isinstance(host, np.ndarray) and host.dtype == np.float64
+    np.testing.assert_allclose(host, expected, rtol=1e-12, atol=1e-15)
+    x32 = x.astype(np.float32)
+    host32 = scorers.l2_normalize(x32)
+    assert isinstance(host32, np.ndarray) and host32.dtype == np.float32
+    device = jax.jit(scorers.l2_normalize)(jnp.asarray(x32))
+    assert isinstance(device, jax.Array) and device.dtype == jnp.float32
+    for got in (host32, device):
+        assert_close(got, expected)
+    assert scorers.l2_normalize(jnp.asarray(x32, jnp.bfloat16)).dtype == jnp.float32
+
+
+def test_l2_normalize_gradient_is_finite_at_zero_and_matches_analytic_form():
+    v = jnp.array([3.0, -4.0, 12.0], jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
+    g = jax.grad(lambda x: scorers.l2_normalize(x)[0])(v)
+    n = 13.0
+    expected = np.array([1 / n - 9 / n**3, 12 / n**3, -36 / n**3])  # ∂(x_0/‖x‖)/∂x = e_0/‖x‖ − x_0 x/‖x‖³
+    assert_close(g, expected)
+    g0 = jax.grad(lambda x: jnp.sum(scorers.l2_normalize(x)))(jnp.zeros(3))
+    assert np.all(np.isfinite(np.asarray(g0)))

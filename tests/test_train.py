@@ -174,6 +174,34 @@ def test_argparse_glue():
         config_lib.config_from_args(parser.parse_args(["--checkpoint-every", "2"]))
 
 
+def test_steps_for_epochs():
+    assert config_lib.steps_for_epochs(4, 1000, 16, 2) == 125  # 4 · 1000 / 32
+    assert config_lib.steps_for_epochs(1, 10536, 32) == 330  # ⌈10536 / 32⌉ = ⌈329.25⌉
+    assert config_lib.steps_for_epochs(0.5, 10, 4) == 2  # ⌈1.25⌉
+    assert config_lib.steps_for_epochs(1, 3, 16, 2) == 1
+    assert config_lib.steps_for_epochs(0, 100, 4) == 1  # at least one update
+    with pytest.raises(ValueError, match="batch_size"):
+        config_lib.steps_for_epochs(1, 10, 0)
+
+
+def test_argparse_glue_measures_runs_in_epochs():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    config_lib.add_train_arguments(parser, config_lib.TrainConfig(batch_size=16, grad_accum=2), epochs=4.0)
+    c = config_lib.config_from_args(parser.parse_args([]), num_examples=1000)
+    assert c.max_steps == 125  # 4 epochs of 1000 examples, 32 per update
+    c = config_lib.config_from_args(parser.parse_args(["--epochs", "0.5", "--batch-size", "10"]), num_examples=100)
+    assert c.max_steps == 3  # ⌈0.5 · 100 / 20⌉
+    assert config_lib.config_from_args(parser.parse_args(["--max-steps", "7"]), num_examples=1000).max_steps == 7
+    with pytest.raises(ValueError, match="num_examples"):
+        config_lib.config_from_args(parser.parse_args([]))
+    strict = argparse.ArgumentParser()
+    config_lib.add_train_arguments(strict, require_out=True)
+    with pytest.raises(SystemExit):
+        strict.parse_args([])
+
+
 def test_data_order_is_seeded_complete_and_pads_the_last_batch():
     order = loop.DataOrder(10, 4, seed=3)
     assert order.steps_per_epoch == 3

@@ -1,6 +1,8 @@
 """Zeshel loader, input windows and the synthetic generator."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -221,6 +223,7 @@ def test_pair_input_ids(tiny, tokenizer):
 
 
 def test_synthetic_command_line(tmp_path):
-    synthetic.main([str(tmp_path / "d"), "--names-per-world", "2", "--namesakes", "2", "--seed", "3"])
+    argv = ["-m", "hnjax.data.synthetic", str(tmp_path / "d"), "--names-per-world", "2", "--namesakes", "2"]
+    subprocess.run([sys.executable, *argv, "--seed", "3"], check=True, timeout=120)
     data = zeshel.load_zeshel(tmp_path / "d")
     assert len(data.documents["train_world_0"]) == 4

@@ -71,15 +71,17 @@ class SyntheticZeshelConfig:
     def __post_init__(self):
         for field in ("train_worlds", "val_worlds", "test_worlds", "names_per_world", "namesakes"):
             if getattr(self, field) < 1:
-                raise ValueError(f"{field} must be at least 1, got {getattr(self, field)}")
+                raise ValueError(f"{field}: expected at least 1, got {getattr(self, field)}")
         if self.namesakes > min(len(_OCCUPATIONS), len(_CITIES)):
-            raise ValueError(f"namesakes must be at most {min(len(_OCCUPATIONS), len(_CITIES))}, got {self.namesakes}")
+            raise ValueError(
+                f"namesakes: expected at most {min(len(_OCCUPATIONS), len(_CITIES))}, got {self.namesakes}"
+            )
         if self.names_per_world > len(_NAMES):
-            raise ValueError(f"names_per_world must be at most {len(_NAMES)}, got {self.names_per_world}")
+            raise ValueError(f"names_per_world: expected at most {len(_NAMES)}, got {self.names_per_world}")
         if self.mentions_per_entity <= 0:
-            raise ValueError(f"mentions_per_entity must be positive, got {self.mentions_per_entity}")
+            raise ValueError(f"mentions_per_entity: expected a positive value, got {self.mentions_per_entity}")
         if self.filler_sentences < 0:
-            raise ValueError(f"filler_sentences must be >= 0, got {self.filler_sentences}")
+            raise ValueError(f"filler_sentences: expected >= 0, got {self.filler_sentences}")
 
 
 def _world(rng: np.random.Generator, name: str, cfg: SyntheticZeshelConfig):
@@ -181,20 +183,15 @@ def write_synthetic_zeshel(out: str | pathlib.Path, config: SyntheticZeshelConfi
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Command line: ``python -m hnjax.data.synthetic OUT [--names-per-world N] ...``."""
+if __name__ == "__main__":  # python -m hnjax.data.synthetic OUT [--names-per-world N] ...: parse, then generate
     import argparse
 
-    p = argparse.ArgumentParser(description="Write a generated Zeshel-format dataset (see hnjax.data.synthetic).")
-    p.add_argument("out", help="output folder (documents/, mentions/)")
-    defaults = SyntheticZeshelConfig()
+    parser = argparse.ArgumentParser(description="Write a generated Zeshel-format dataset (see hnjax.data.synthetic).")
+    parser.add_argument("out", help="output folder (documents/, mentions/)")
     for field in dataclasses.fields(SyntheticZeshelConfig):
-        value = getattr(defaults, field.name)
-        p.add_argument("--" + field.name.replace("_", "-"), type=type(value), default=value, help=f"default {value}")
-    args = vars(p.parse_args(argv))
-    out = args.pop("out")
-    print(write_synthetic_zeshel(out, SyntheticZeshelConfig(**args)))
-
-
-if __name__ == "__main__":
-    main()
+        default = getattr(SyntheticZeshelConfig(), field.name)
+        parser.add_argument(
+            f"--{field.name.replace('_', '-')}", type=type(default), default=default, help=f"default {default}"
+        )
+    options = vars(parser.parse_args())
+    write_synthetic_zeshel(options.pop("out"), SyntheticZeshelConfig(**options))

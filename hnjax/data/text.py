@@ -37,7 +37,7 @@ class LineCorpus:
 
     def __init__(self, path: str | os.PathLike, *, max_chars: int = 10_000):
         if max_chars < 1:
-            raise ValueError(f"max_chars must be >= 1, got {max_chars}")
+            raise ValueError(f"max_chars: expected >= 1, got {max_chars}")
         self.path = os.fspath(path)
         self.max_chars = max_chars
         offsets, blank, overlong = [], 0, 0

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import transformers
 
-from hnjax.models import loading
+from hnjax.data import pretrained
 
 logger = logging.getLogger(__name__)
 
@@ -42,12 +42,12 @@ def load_tokenizer(name_or_path: str | os.PathLike) -> Any:
     """Loads the fast tokenizer stored with a local checkpoint (offline).
 
     Args:
-        name_or_path: checkpoint directory or a name known to :func:`hnjax.models.resolve_checkpoint`.
+        name_or_path: checkpoint directory or a name known to :func:`hnjax.data.pretrained.resolve_checkpoint`.
 
     Returns:
         A ``transformers`` fast tokenizer.
     """
-    directory = loading.resolve_checkpoint(name_or_path)
+    directory = pretrained.resolve_checkpoint(name_or_path)
     return transformers.AutoTokenizer.from_pretrained(str(directory), use_fast=True, local_files_only=True)
 
 

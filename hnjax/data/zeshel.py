@@ -22,12 +22,13 @@ about half/half around the mention (spilling over when one side is short); an en
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import pathlib
 from collections.abc import Iterator, Sequence
 
 import numpy as np
+
+from hnjax.data import jsonl
 
 log = logging.getLogger(__name__)
 
@@ -108,19 +109,8 @@ class Zeshel:
 
 
 def json_lines(path: str | pathlib.Path, error: type[Exception] = ZeshelFormatError) -> Iterator[tuple[int, dict]]:
-    """``(line number, object)`` for each non-blank line of a JSON-lines file; ``error`` names file and line of a line
-    that is not a JSON object (the Zeshel files, and the candidate files the retriever writes)."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise error(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(record, dict):
-                raise error(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-            yield lineno, record
+    """:func:`hnjax.data.jsonl.records` raising ``error`` (default :class:`ZeshelFormatError`), for Zeshel files."""
+    return jsonl.records(path, error=error)
 
 
 def _check_fields(record: dict, fields: dict[str, type], path: pathlib.Path, lineno: int) -> None:

@@ -47,7 +47,7 @@ def default_backend(n_docs: int) -> str:
     if jax.default_backend() != "cpu":
         return "exact"
     try:
-        faiss_index._faiss()
+        faiss_index.import_faiss()
     except ImportError:
         return "exact"
     return "flat"

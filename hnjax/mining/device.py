@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hnjax import scorers
+from hnjax.data import batching
 from hnjax.mining import index as index_lib
 
 
@@ -67,8 +69,7 @@ def _blocked_top_k(
       scores float32 ``[Bq, k]`` and positions int32 ``[Bq, k]`` (-1 where fewer than k valid rows exist).
     """
     if cosine:
-        q32 = queries.astype(jnp.float32)
-        queries = (q32 * jax.lax.rsqrt(jnp.sum(q32 * q32, axis=-1, keepdims=True))).astype(queries.dtype)
+        queries = scorers.l2_normalize(queries).astype(queries.dtype)
     scan = functools.partial(_scan_top_k, k=k, approx=approx, recall_target=recall_target)
     if mesh is None:
         scores, pos = scan(queries, blocks, valid, offsets)
@@ -139,11 +140,8 @@ class DeviceIndex(index_lib.Index):
     def _build(self, vectors) -> None:
         x = jnp.asarray(vectors)
         if self.metric == "cosine":
-            x32 = x.astype(jnp.float32)
-            norms = jnp.linalg.norm(x32, axis=-1)
-            if bool((norms == 0).any()):
-                raise ValueError(f"vectors: cosine metric needs non-zero vectors, row {int(jnp.argmin(norms))} is 0")
-            x = (x32 / norms[:, None]).astype(x.dtype)
+            index_lib.check_cosine_rows(x, name="vectors")
+            x = scorers.l2_normalize(x).astype(x.dtype)
         self._set_blocks(x)
 
     def _set_blocks(self, x: jax.Array) -> None:
@@ -163,19 +161,11 @@ class DeviceIndex(index_lib.Index):
     def _search(self, queries, k: int):
         q = jnp.asarray(queries)
         if self.metric == "cosine":
-            norms = jnp.linalg.norm(q.astype(jnp.float32), axis=-1)
-            if bool((norms == 0).any()):
-                raise ValueError(f"queries: cosine metric needs non-zero vectors, row {int(jnp.argmin(norms))} is 0")
-        n_q = q.shape[0]
-        bq = self.query_block
-        q = jnp.pad(q, ((0, -n_q % bq), (0, 0)))
+            index_lib.check_cosine_rows(q, name="queries")  # the compiled search normalises
         out_s, out_i = [], []
-        for start in range(0, q.shape[0], bq):
-            chunk = q[start : start + bq]
-            if self.metric == "cosine" and start + bq > n_q:  # padded rows would be 0/0
-                chunk = chunk.at[n_q - start :].set(1)
+        for take, n_real in batching.padded_batches(q.shape[0], self.query_block):  # one compiled shape
             s, i = _blocked_top_k(
-                chunk,
+                q[take],
                 self._blocks,
                 self._valid,
                 self._offsets,
@@ -185,11 +175,9 @@ class DeviceIndex(index_lib.Index):
                 recall_target=self.recall_target,
                 mesh=self.mesh,
             )
-            out_s.append(s)
-            out_i.append(i)
-        scores = np.asarray(jnp.concatenate(out_s))[:n_q]
-        pos = np.asarray(jnp.concatenate(out_i))[:n_q]
-        return scores, pos
+            out_s.append(np.asarray(s)[:n_real])
+            out_i.append(np.asarray(i)[:n_real])
+        return np.concatenate(out_s), np.concatenate(out_i)
 
     def _arrays(self) -> dict:
         n = self.size

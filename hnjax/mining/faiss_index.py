@@ -6,10 +6,12 @@ import math
 
 import numpy as np
 
+from hnjax import scorers
 from hnjax.mining import index as index_lib
 
 
-def _faiss():
+def import_faiss():
+    """The ``faiss`` module (optional dependency, imported on first use); ImportError names the package to install."""
     try:
         import faiss  # noqa: PLC0415  (optional dependency, imported lazily)
     except ImportError as e:
@@ -96,7 +98,7 @@ class FaissIndex(index_lib.Index):
             self._apply_search_params(1)
 
     def _apply_search_params(self, k: int) -> None:
-        faiss = _faiss()
+        faiss = import_faiss()
         if self.threads is not None:
             faiss.omp_set_num_threads(int(self.threads))
         if self.kind == "hnsw":
@@ -109,11 +111,12 @@ class FaissIndex(index_lib.Index):
     def _prepare(self, x, name: str) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
         if self.metric == "cosine":
-            x = index_lib.l2_normalize(x, name=name)
+            index_lib.check_cosine_rows(x, name=name)
+            x = scorers.l2_normalize(x)
         return np.ascontiguousarray(x)
 
     def _build(self, vectors) -> None:
-        faiss = _faiss()
+        faiss = import_faiss()
         if self.threads is not None:
             faiss.omp_set_num_threads(int(self.threads))
         x = self._prepare(vectors, "vectors")
@@ -153,10 +156,10 @@ class FaissIndex(index_lib.Index):
         return scores, pos
 
     def _arrays(self) -> dict:
-        return {"faiss": _faiss().serialize_index(self._index)}
+        return {"faiss": import_faiss().serialize_index(self._index)}
 
     def _from_arrays(self, arrays: dict) -> None:
-        faiss = _faiss()
+        faiss = import_faiss()
         self._index = faiss.deserialize_index(np.ascontiguousarray(arrays["faiss"]))
         if self._index.ntotal != self.size:
             raise ValueError(f"saved FAISS index holds {self._index.ntotal} vectors, metadata says {self.size}")

@@ -43,6 +43,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hnjax import scorers
+
 logger = logging.getLogger(__name__)
 
 METRICS = ("ip", "cosine")
@@ -50,12 +52,14 @@ DEVICE_DTYPES = ("float32", "float16", "bfloat16")
 _FORMAT = "hnjax-index-v1"
 
 
-def _check_metric(metric: str) -> None:
+def check_metric(metric: str) -> None:
+    """Raises ValueError unless ``metric`` is one of ``METRICS``."""
     if metric not in METRICS:
         raise ValueError(f"metric: expected one of {METRICS}, got {metric!r}")
 
 
-def _dtype_name(x) -> str:
+def dtype_name(x) -> str:
+    """The name of an array's dtype (``"float32"``, ``"bfloat16"``, ...), for NumPy and JAX arrays alike."""
     return jnp.dtype(x.dtype).name
 
 
@@ -75,8 +79,8 @@ def check_vectors(vectors, *, name: str, dtypes: tuple[str, ...], dim: int | Non
     shape = getattr(vectors, "shape", None)
     if shape is None or len(shape) != ndim:
         raise ValueError(f"{name}: expected an array of rank {ndim}, got shape {shape}")
-    if _dtype_name(vectors) not in dtypes:
-        raise ValueError(f"{name}: expected dtype in {dtypes}, got {_dtype_name(vectors)} (cast it explicitly)")
+    if dtype_name(vectors) not in dtypes:
+        raise ValueError(f"{name}: expected dtype in {dtypes}, got {dtype_name(vectors)} (cast it explicitly)")
     if dim is not None and shape[-1] != dim:
         raise ValueError(f"{name}: expected width D = {dim} (the index's), got D = {shape[-1]}")
     if isinstance(vectors, jax.Array):
@@ -110,20 +114,22 @@ def check_ids(ids, n: int) -> np.ndarray:
     return ids
 
 
-def _check_k(k: int) -> int:
+def check_k(k: int) -> int:
+    """``k`` as an int; raises ValueError unless it is a positive integer."""
     if not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k: expected a positive int, got {k!r}")
     return int(k)
 
 
-def l2_normalize(x: np.ndarray, *, name: str) -> np.ndarray:
-    """Row-wise L2 normalisation on the host in float32; a zero row raises ValueError (cosine is undefined)."""
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    bad = np.flatnonzero(norms.reshape(-1) == 0)
+def check_cosine_rows(x, *, name: str) -> None:
+    """Raises ValueError naming ``name`` and the row when a row of ``x`` [..., D] (NumPy or JAX) is all zeros.
+
+    The cosine metric is undefined for a zero vector; :func:`hnjax.scorers.l2_normalize` would silently map it to 0.
+    """
+    zero = np.asarray(~(x != 0).any(axis=-1)).reshape(-1)
+    bad = np.flatnonzero(zero)
     if bad.size:
         raise ValueError(f"{name}: cosine metric needs non-zero vectors, row {int(bad[0])} has norm 0")
-    return x / norms
 
 
 def _map_ids(pos: np.ndarray, scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -146,7 +152,7 @@ class Index:
     accepted_dtypes: tuple[str, ...] = DEVICE_DTYPES
 
     def __init__(self, *, metric: str = "ip"):
-        _check_metric(metric)
+        check_metric(metric)
         self.metric = metric
         self._ids: np.ndarray | None = None
         self.dim: int | None = None
@@ -169,7 +175,7 @@ class Index:
             raise ValueError("vectors: the corpus is empty (N = 0); nothing to index")
         ids = check_ids(ids, vectors.shape[0])
         self._build(vectors)
-        self._ids, self.dim, self.dtype = ids, int(vectors.shape[1]), _dtype_name(vectors)
+        self._ids, self.dim, self.dtype = ids, int(vectors.shape[1]), dtype_name(vectors)
         return self
 
     def search(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -184,10 +190,10 @@ class Index:
         """
         if self._ids is None:
             raise RuntimeError(f"{type(self).__name__}.search called before build()")
-        k = _check_k(k)
+        k = check_k(k)
         check_vectors(queries, name="queries", dtypes=self.accepted_dtypes, dim=self.dim)
-        if _dtype_name(queries) != self.dtype:
-            raise ValueError(f"queries: expected dtype {self.dtype} (the indexed vectors'), got {_dtype_name(queries)}")
+        if dtype_name(queries) != self.dtype:
+            raise ValueError(f"queries: expected dtype {self.dtype} (the indexed vectors'), got {dtype_name(queries)}")
         if queries.shape[0] == 0:
             return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
         scores, pos = self._search(queries, min(k, self.size))
@@ -220,7 +226,7 @@ class Index:
             "dtype": self.dtype,
             "size": self.size,
             "fingerprint": fingerprint,
-            "arrays": {n: [_dtype_name(a), list(a.shape)] for n, a in arrays.items()},
+            "arrays": {n: [dtype_name(a), list(a.shape)] for n, a in arrays.items()},
         }
         meta_bytes = json.dumps(meta, sort_keys=True).encode()
         raw = {n: np.ascontiguousarray(a).tobytes() for n, a in arrays.items()}
@@ -296,10 +302,11 @@ def exact_scores(queries: np.ndarray, docs: np.ndarray, *, metric: str) -> np.nd
     Returns:
       float32 ``[B, G]``.
     """
-    _check_metric(metric)
+    check_metric(metric)
     q = np.asarray(queries, np.float32)
     d = np.asarray(docs, np.float32)
     if metric == "cosine":
-        q = l2_normalize(q, name="queries")
-        d = l2_normalize(d, name="docs")
+        check_cosine_rows(q, name="queries")
+        check_cosine_rows(d, name="docs")
+        q, d = scorers.l2_normalize(q), scorers.l2_normalize(d)
     return np.einsum("bd,bgd->bg", q, d).astype(np.float32)

@@ -45,6 +45,7 @@ import numpy as np
 import tqdm
 
 from hnjax import samplers
+from hnjax.data import batching
 from hnjax.mining import backends, multivector
 from hnjax.mining import index as index_lib
 
@@ -110,19 +111,17 @@ def _leading(data) -> int | None:
 
 
 def _batches(data, batch_size: int):
-    """Yields (batch, n_real): fixed-size slices (the last padded by repeating its final row) or given batches."""
+    """Yields (batch, n_real): fixed-size slices (the last padded by repeating its first row) or given batches."""
     n = _leading(data)
     if n is None:
         for batch in data:
             yield batch, None
         return
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        take = np.minimum(np.arange(start, start + batch_size), stop - 1)  # pad: one compiled shape
+    for take, n_real in batching.padded_batches(n, batch_size):  # the last batch padded: one compiled shape
         if isinstance(data, dict):
-            yield {k: np.asarray(v)[take] for k, v in data.items()}, stop - start
+            yield {k: np.asarray(v)[take] for k, v in data.items()}, n_real
         else:
-            yield np.asarray(data)[take], stop - start
+            yield np.asarray(data)[take], n_real
 
 
 def encode(encode_fn: Callable, params, data, *, batch_size: int = 256, desc: str = "encode", progress: bool = True):
@@ -278,7 +277,7 @@ class Miner:
             raise ValueError(f"num_negatives: expected a positive int, got {num_negatives!r}")
         if refresh_every is not None and refresh_every < 1:
             raise ValueError(f"refresh_every: expected None or >= 1 steps, got {refresh_every}")
-        index_lib._check_metric(metric)
+        index_lib.check_metric(metric)
         self.encode_fn, self.query_encode_fn = encode_fn, query_encode_fn or encode_fn
         self.corpus, self.queries = corpus, queries
         self.num_negatives = int(num_negatives)
@@ -527,11 +526,10 @@ class Miner:
 
         table = np.full((n_q, k), -1, np.int64)
         log_q = np.zeros((n_q, k), np.float32) if self.recipe.kind == "model" else None
-        for c, start in enumerate(range(0, n_q, _CHUNK)):
-            sl = slice(start, min(start + _CHUNK, n_q))
-            pad = _CHUNK - (sl.stop - sl.start) if n_q > _CHUNK else 0
-            sc = np.pad(np.where(np.isfinite(scores[sl]), scores[sl], 0.0), ((0, pad), (0, 0)))
-            ex = np.pad(exclude[sl], ((0, pad), (0, 0)))
+        for c, (take, n_real) in enumerate(batching.padded_batches(n_q, min(_CHUNK, n_q))):
+            sl = slice(int(take[0]), int(take[0]) + n_real)
+            sc = np.where(np.isfinite(scores[take]), scores[take], 0.0)
+            ex = exclude[take]
             if self.recipe.kind == "model":
                 r = self.recipe
                 pos, lq = _model_chunk(
@@ -539,7 +537,7 @@ class Miner:
                 )
             else:
                 pos, lq = _top_k_chunk(sc, ex, k=n_hard)
-            pos, lq = np.asarray(pos)[: sl.stop - sl.start], np.asarray(lq)[: sl.stop - sl.start]
+            pos, lq = np.asarray(pos)[:n_real], np.asarray(lq)[:n_real]
             ok = ~np.take_along_axis(exclude[sl], pos, axis=1)  # a row with < n_hard allowed picks excluded ones
             table[sl, :n_hard] = np.where(ok, np.take_along_axis(ids[sl], pos, axis=1), -1)
             if log_q is not None:

@@ -96,19 +96,19 @@ class MultiVectorIndex(index_lib.Index):
         ids = index_lib.check_ids(ids, tokens.shape[0])
         self.first_stage.build(pool(tokens, mask, self.pooling))
         self._tokens, self._mask = tokens, mask
-        self._ids, self.dim, self.dtype = ids, int(tokens.shape[2]), index_lib._dtype_name(tokens)
+        self._ids, self.dim, self.dtype = ids, int(tokens.shape[2]), index_lib.dtype_name(tokens)
         return self
 
     def search(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k SOM scores and ids, float32 ``[Q, k]`` and int64 ``[Q, k]`` (-inf / -1 padding when k > N)."""
         if self._ids is None:
             raise RuntimeError("MultiVectorIndex.search called before build()")
-        k = index_lib._check_k(k)
+        k = index_lib.check_k(k)
         q_tokens, q_mask = _split(queries, "queries")
         if q_tokens.shape[2] != self.dim:
             raise ValueError(f"queries: expected width D = {self.dim} (the index's), got D = {q_tokens.shape[2]}")
-        if index_lib._dtype_name(q_tokens) != self.dtype:
-            raise ValueError(f"queries: expected dtype {self.dtype}, got {index_lib._dtype_name(q_tokens)}")
+        if index_lib.dtype_name(q_tokens) != self.dtype:
+            raise ValueError(f"queries: expected dtype {self.dtype}, got {index_lib.dtype_name(q_tokens)}")
         n_q, n = q_tokens.shape[0], self.size
         s = min(max(self.shortlist, k), n)
         _, pos = self.first_stage.search(pool(q_tokens, q_mask, self.pooling), s)  # [Q, S] positions

@@ -6,6 +6,7 @@
 >>> vectors = models.poolers.mean(hidden, attention_mask)  # [B, D]  # doctest: +SKIP
 """
 
+from hnjax.data.pretrained import resolve_checkpoint
 from hnjax.models import bert, flops, interop, loading, packed, poolers, seq_cls, st_format
 from hnjax.models.bert import BertModel, EncoderConfig, init_params
 from hnjax.models.interop import Pretrained, load_pretrained, save_cross_encoder, save_sentence_transformer
@@ -13,7 +14,6 @@ from hnjax.models.loading import (
     from_pretrained,
     init_cross_encoder_head,
     load_pooler,
-    resolve_checkpoint,
     save_pretrained,
 )
 

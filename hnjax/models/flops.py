@@ -15,7 +15,7 @@ narrow models.
 
 from __future__ import annotations
 
-from hnjax.models.bert import EncoderConfig
+from hnjax.models import bert
 
 # Dense peak TFLOP/s by (device kind substring, compute dtype) from the vendors' data sheets (NVIDIA H100 Tensor
 # Core GPU datasheet, SXM5 / PCIe columns, "without sparsity"; NVIDIA H200 datasheet; NVIDIA A100 datasheet).
@@ -33,14 +33,14 @@ PEAK_TFLOPS: dict[tuple[str, str], float] = {
 }
 
 
-def encoder_flops(config: EncoderConfig, batch: int, length: int, *, training: bool = True) -> float:
+def encoder_flops(config: bert.EncoderConfig, batch: int, length: int, *, training: bool = True) -> float:
     """Matrix-multiply FLOPs of the encoder over ``batch`` sequences of ``length`` tokens (3× forward if training).
 
     Per layer and sequence (D = hidden, F = intermediate, L = length): Q, K, V and output projections 4·2·L·D², the
     attention scores and their weighted sum 2·2·L²·D, the feed-forward 2·2·L·D·F.
     """
     if batch < 0 or length < 0:
-        raise ValueError(f"batch and length must be >= 0, got {batch}, {length}")
+        raise ValueError(f"batch and length: expected >= 0, got {batch}, {length}")
     d, f, n = config.hidden_size, config.intermediate_size, config.num_hidden_layers
     per_sequence = n * (8 * length * d * d + 4 * length * length * d + 4 * length * d * f)
     return float(batch * per_sequence * (3 if training else 1))
@@ -64,5 +64,5 @@ def mfu(model_flops_per_step: float, steps_per_s: float, peak_tflops_value: floa
     if peak_tflops_value is None:
         return None
     if peak_tflops_value <= 0:
-        raise ValueError(f"peak TFLOP/s must be positive, got {peak_tflops_value}")
+        raise ValueError(f"peak TFLOP/s: expected a positive value, got {peak_tflops_value}")
     return model_flops_per_step * steps_per_s / (peak_tflops_value * 1e12)

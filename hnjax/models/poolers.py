@@ -125,8 +125,27 @@ def masked_attention_pool(queries: jax.Array, hidden: jax.Array, mask: jax.Array
     return jnp.einsum("bml,bld->bmd", weights, hidden.astype(jnp.float32))
 
 
+def init_poly_codes(key: jax.Array, num_codes: int, width: int) -> jax.Array:
+    """Initial poly codes c_1..c_m ~ N(0, 0.02²), float32 [m, D].
+
+    Args:
+        key: PRNG key.
+        num_codes: m ≥ 1.
+        width: D.
+
+    Returns:
+        [num_codes, width] float32.
+    """
+    if not isinstance(num_codes, int) or num_codes < 1:
+        raise ValueError(f"num_codes: expected a positive integer, got {num_codes!r}")
+    return _INIT_STD * jax.random.normal(key, (num_codes, width), jnp.float32)
+
+
 class PolyCodes(nn.Module):
     """m learned codes c_1..c_m ~ N(0, 0.02²), each attending over the token states (poly-encoder).
+
+    The parameter is ``{"codes": [m, D]}``; :func:`init_poly_codes` draws it, so the retriever keeps its codes in its
+    plain parameter dict and applies this module with them.
 
     Attributes:
         num_codes: m.
@@ -138,9 +157,9 @@ class PolyCodes(nn.Module):
 
     @nn.compact
     def __call__(self, hidden: jax.Array, mask: jax.Array) -> jax.Array:
-        if self.num_codes < 1:
-            raise ValueError(f"num_codes: expected a positive integer, got {self.num_codes}")
-        codes = self.param("codes", nn.initializers.normal(_INIT_STD), (self.num_codes, hidden.shape[-1]), jnp.float32)
+        codes = self.param(
+            "codes", lambda key, m, width: init_poly_codes(key, m, width), self.num_codes, hidden.shape[-1]
+        )
         return masked_attention_pool(codes, hidden, mask)
 
 

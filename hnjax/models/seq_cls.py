@@ -18,8 +18,8 @@ activation so that ``CrossEncoder.predict`` returns the raw score, not its sigmo
 This module converts tensors and writes the config; whole checkpoints are in :mod:`hnjax.models.interop`.
 
 References:
-    Hugging Face transformers, ``BertForSequenceClassification``, ``RobertaClassificationHead``.
-    sentence-transformers, ``CrossEncoder`` (``config.json`` key ``sentence_transformers.activation_fn``).
+  Hugging Face transformers, ``BertForSequenceClassification``, ``RobertaClassificationHead``.
+  sentence-transformers, ``CrossEncoder`` (``config.json`` key ``sentence_transformers.activation_fn``).
 """
 
 from __future__ import annotations
@@ -44,17 +44,17 @@ def head_from_tensors(
     """The cross-encoder head parameters found in a checkpoint's tensors (model prefixes already removed).
 
     Args:
-        tensors: tensor name → array, without the "bert."/"roberta." prefix.
-        model_type: "bert" or "roberta".
-        hidden_size: D.
-        source: the weights file, for messages.
+      tensors: tensor name → array, without the "bert."/"roberta." prefix.
+      model_type: "bert" or "roberta".
+      hidden_size: D.
+      source: the weights file, for messages.
 
     Returns:
-        ``(params, used, ignored)``: ``params`` holds ``"pooler"`` and/or ``"score"`` (``{"kernel", "bias"}``
-        float32, kernels [D, D] and [D, 1]) for the parts present; ``used``/``ignored`` are one line each.
+      ``(params, used, ignored)``: ``params`` holds ``"pooler"`` and/or ``"score"`` (``{"kernel", "bias"}``
+      float32, kernels [D, D] and [D, 1]) for the parts present; ``used``/``ignored`` are one line each.
 
     Raises:
-        ValueError: a half-present or mis-shaped layer (named).
+      ValueError: a half-present or mis-shaped layer (named).
     """
     names = HEAD_TENSORS[model_type]
     params, used, ignored = {}, [], []
@@ -100,8 +100,8 @@ def classification_config(encoder_config: dict[str, Any], *, dropout: float | No
     """``config.json`` of a one-label classifier: the encoder's config, its architecture and the label fields.
 
     Args:
-        encoder_config: :meth:`hnjax.models.EncoderConfig.to_dict` output.
-        dropout: the head's dropout rate, written as ``classifier_dropout`` (None: the encoder's hidden dropout).
+      encoder_config: :meth:`hnjax.models.EncoderConfig.to_dict` output.
+      dropout: the head's dropout rate, written as ``classifier_dropout`` (None: the encoder's hidden dropout).
     """
     model_type = encoder_config["model_type"]
     out = dict(encoder_config)

@@ -23,8 +23,8 @@ sentence-transformers release reads (``word_embedding_dimension``, ``pooling_mod
 the old and the new (``embedding_dimension``, ``pooling_mode``) spelling.
 
 References:
-    Reimers & Gurevych (2019), Sentence-BERT; sentence-transformers ``models/Pooling.py``, ``models/Dense.py``,
-    ``models/Normalize.py`` and ``SentenceTransformer._load_sbert_model`` (folder layout).
+  Reimers & Gurevych (2019), Sentence-BERT; sentence-transformers ``models/Pooling.py``, ``models/Dense.py``,
+  ``models/Normalize.py`` and ``SentenceTransformer._load_sbert_model`` (folder layout).
 """
 
 from __future__ import annotations
@@ -39,6 +39,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from safetensors import numpy as safetensors_numpy
+
+from hnjax import scorers
+from hnjax.models import poolers
 
 MODULES_FILE = "modules.json"
 ST_CONFIG_FILE = "sentence_bert_config.json"
@@ -77,9 +80,9 @@ class DenseLayer:
     """One sentence-transformers ``Dense`` module: y = act(x W + b).
 
     Attributes:
-        kernel: [D_in, D_out] float32 (the transpose of torch's ``linear.weight``).
-        bias: [D_out] float32, or None (``bias: false``).
-        activation: a key of ``DENSE_ACTIVATIONS``.
+      kernel: [D_in, D_out] float32 (the transpose of torch's ``linear.weight``).
+      bias: [D_out] float32, or None (``bias: false``).
+      activation: a key of ``DENSE_ACTIVATIONS``.
     """
 
     kernel: np.ndarray
@@ -100,11 +103,11 @@ class SentencePipeline:
     """From token states to a sentence vector: v = normalize?(dense_k(…dense_1(concat_modes pool(h, mask)))).
 
     Attributes:
-        pooling: pooling modes, concatenated in this order (each of ``POOLING_MODES``).
-        dense: Dense layers applied in order after pooling.
-        normalize: L2-normalise the result (sentence-transformers' ``Normalize``).
-        max_seq_length: tokens per sentence the folder's model truncates to (None: the tokenizer's limit).
-        similarity: the similarity the vectors are meant for (one of ``SIMILARITIES``), or None (unstated).
+      pooling: pooling modes, concatenated in this order (each of ``POOLING_MODES``).
+      dense: Dense layers applied in order after pooling.
+      normalize: L2-normalise the result (sentence-transformers' ``Normalize``).
+      max_seq_length: tokens per sentence the folder's model truncates to (None: the tokenizer's limit).
+      similarity: the similarity the vectors are meant for (one of ``SIMILARITIES``), or None (unstated).
     """
 
     pooling: tuple[str, ...] = ("mean",)
@@ -132,11 +135,11 @@ class SentencePipeline:
         """Sentence vectors of right-padded token states.
 
         Args:
-            hidden: [B, L, D] token states.
-            mask: [B, L] bool (or 0/1), true for real tokens.
+          hidden: [B, L, D] token states.
+          mask: [B, L] bool (or 0/1), true for real tokens.
 
         Returns:
-            [B, D'] float32.
+          [B, D'] float32.
         """
         v = jnp.concatenate([pool(mode, hidden, mask) for mode in self.pooling], axis=-1)  # [B, modes·D]
         for layer in self.dense:
@@ -144,8 +147,8 @@ class SentencePipeline:
             if layer.bias is not None:
                 v = v + jnp.asarray(layer.bias)
             v = DENSE_ACTIVATIONS[layer.activation][1](v)
-        if self.normalize:
-            v = v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
+        if self.normalize:  # sentence-transformers' Normalize is F.normalize: eps 1e-12 on the norm
+            v = scorers.l2_normalize(v, eps=1e-12)
         return v
 
     def describe(self) -> str:
@@ -164,11 +167,11 @@ def pool(mode: str, hidden: jax.Array, mask: jax.Array) -> jax.Array:
     weightedmean: Σ_l l·m_l h_l / Σ_l l·m_l (positions l = 1..L); lasttoken: the last real token's state.
 
     Args:
-        mode: one of ``POOLING_MODES``.
-        hidden: [B, L, D]; mask: [B, L] bool (or 0/1).
+      mode: one of ``POOLING_MODES``.
+      hidden: [B, L, D]; mask: [B, L] bool (or 0/1).
 
     Returns:
-        [B, D] float32.
+      [B, D] float32.
     """
     if hidden.ndim != 3 or mask.shape != hidden.shape[:2]:
         raise ValueError(f"hidden, mask: expected shapes [B, L, D] and [B, L], got {hidden.shape} and {mask.shape}")
@@ -176,11 +179,11 @@ def pool(mode: str, hidden: jax.Array, mask: jax.Array) -> jax.Array:
     m = mask.astype(bool)
     mf = m.astype(jnp.float32)
     if mode == "cls":
-        return h[:, 0]
-    if mode in ("mean", "mean_sqrt_len_tokens"):
-        total = jnp.einsum("bld,bl->bd", h, mf)
-        count = jnp.maximum(mf.sum(axis=1), 1e-9)[:, None]
-        return total / (count if mode == "mean" else jnp.sqrt(count))
+        return poolers.cls(h, m)
+    if mode == "mean":
+        return poolers.mean(h, m)
+    if mode == "mean_sqrt_len_tokens":
+        return jnp.einsum("bld,bl->bd", h, mf) / jnp.sqrt(jnp.maximum(mf.sum(axis=1), 1e-9))[:, None]
     if mode == "max":
         return jnp.where(m[..., None], h, -jnp.inf).max(axis=1)
     if mode == "weightedmean":
@@ -200,10 +203,10 @@ class FolderInfo:
     """What :func:`read_folder` found.
 
     Attributes:
-        encoder_dir: the folder holding the encoder's ``config.json`` and weights.
-        pipeline: the embedding pipeline declared by ``modules.json``, or None for a plain Hugging Face checkpoint.
-        used: one line per piece of the folder that the pipeline reproduces.
-        ignored: one line per piece that has no effect on the vectors hnjax computes (or that hnjax does not apply).
+      encoder_dir: the folder holding the encoder's ``config.json`` and weights.
+      pipeline: the embedding pipeline declared by ``modules.json``, or None for a plain Hugging Face checkpoint.
+      used: one line per piece of the folder that the pipeline reproduces.
+      ignored: one line per piece that has no effect on the vectors hnjax computes (or that hnjax does not apply).
     """
 
     encoder_dir: pathlib.Path
@@ -301,15 +304,15 @@ def read_folder(directory: str | os.PathLike) -> FolderInfo:
     """Reads a checkpoint folder's sentence-transformers modules, if any.
 
     Args:
-        directory: a checkpoint folder; without ``modules.json`` it is a plain Hugging Face checkpoint.
+      directory: a checkpoint folder; without ``modules.json`` it is a plain Hugging Face checkpoint.
 
     Returns:
-        A :class:`FolderInfo`.
+      A :class:`FolderInfo`.
 
     Raises:
-        ValueError: a module that changes the vectors and that hnjax cannot reproduce (LSTM, CNN, WordWeights, a
-            Router, an unsupported pooling mode or activation, ...), or a malformed file; the message names the file
-            and field.
+      ValueError: a module that changes the vectors and that hnjax cannot reproduce (LSTM, CNN, WordWeights, a
+        Router, an unsupported pooling mode or activation, ...), or a malformed file; the message names the file
+        and field.
     """
     directory = pathlib.Path(directory)
     modules_path = directory / MODULES_FILE
@@ -380,13 +383,13 @@ def write_modules(
     """Writes ``modules.json`` and the module folders of ``pipeline`` next to an encoder saved at ``directory``.
 
     Args:
-        directory: the checkpoint folder (the encoder is at its root, module path "").
-        pipeline: what turns token states into the sentence vector.
-        hidden_size: encoder width D (the Pooling module's input width).
-        versions: library versions recorded under ``__version__`` in ``config_sentence_transformers.json``.
+      directory: the checkpoint folder (the encoder is at its root, module path "").
+      pipeline: what turns token states into the sentence vector.
+      hidden_size: encoder width D (the Pooling module's input width).
+      versions: library versions recorded under ``__version__`` in ``config_sentence_transformers.json``.
 
     Returns:
-        The ``modules.json`` entries.
+      The ``modules.json`` entries.
     """
     directory = pathlib.Path(directory)
     width = len(pipeline.pooling) * hidden_size

@@ -33,7 +33,7 @@ def _split_state_dict(state: dict) -> tuple[dict, dict]:
     arrays, plain = {}, {}
     for k, v in state.items():
         if not isinstance(k, str):
-            raise ValueError(f"miner.state_dict() keys must be strings, got {k!r}")
+            raise ValueError(f"miner.state_dict() keys: expected strings, got {k!r}")
         if isinstance(v, np.ndarray | jax.Array):
             arrays[k] = np.asarray(v)
         elif isinstance(v, np.generic):
@@ -53,7 +53,7 @@ class Checkpointer:
 
     def __init__(self, directory: str, *, keep: int = 3):
         if keep < 1:
-            raise ValueError(f"keep must be >= 1, got {keep}")
+            raise ValueError(f"keep: expected >= 1, got {keep}")
         self.directory = os.path.abspath(directory)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
         self._manager = ocp.CheckpointManager(self.directory, options=options)

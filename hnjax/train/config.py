@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 from typing import Any
 
@@ -82,7 +83,7 @@ class TrainConfig:
 
     def __post_init__(self):
         def fail(name, expected):
-            raise ValueError(f"TrainConfig.{name} must be {expected}, got {getattr(self, name)!r}")
+            raise ValueError(f"TrainConfig.{name}: expected {expected}, got {getattr(self, name)!r}")
 
         for name in ("max_steps", "batch_size", "grad_accum", "keep_checkpoints"):
             value = getattr(self, name)
@@ -199,24 +200,65 @@ class TrainConfig:
                 )
 
 
+def steps_for_epochs(epochs: float, num_examples: int, batch_size: int, grad_accum: int = 1) -> int:
+    """Optimizer updates that make ``epochs`` passes over the data: ⌈epochs · N / (B · A)⌉, at least 1.
+
+    Args:
+      epochs: passes over the data (fractions allowed).
+      num_examples: N, examples per epoch.
+      batch_size: B, examples per micro-batch.
+      grad_accum: A, micro-batches per update.
+
+    Returns:
+      The ``max_steps`` of a run of ``epochs`` epochs.
+
+    Example:
+      >>> steps_for_epochs(4, num_examples=1000, batch_size=16, grad_accum=2)  # 4 · 1000 / 32 = 125
+      125
+    """
+    if not epochs >= 0:
+        raise ValueError(f"epochs: expected a number >= 0, got {epochs!r}")
+    if num_examples < 0 or batch_size < 1 or grad_accum < 1:
+        raise ValueError(
+            f"num_examples, batch_size, grad_accum: expected >= 0, >= 1, >= 1, got {num_examples}, {batch_size}, "
+            f"{grad_accum}"
+        )
+    return max(1, math.ceil(epochs * num_examples / (batch_size * grad_accum)))
+
+
 def _optional_int(text: str) -> int | None:
     return None if text.lower() in ("none", "all") else int(text)
 
 
-def add_train_arguments(parser: argparse.ArgumentParser, defaults: TrainConfig | None = None):
+def add_train_arguments(
+    parser: argparse.ArgumentParser,
+    defaults: TrainConfig | None = None,
+    *,
+    epochs: float | None = None,
+    require_out: bool = False,
+):
     """Add the shared trainer flags to an experiment's parser.
 
     Args:
       parser: the experiment's ``argparse.ArgumentParser``.
       defaults: a config whose values become the flag defaults (experiment-specific defaults).
+      epochs: measure the run in epochs by default: adds ``--epochs`` (this default) and leaves ``--max-steps``
+        unset, so that :func:`config_from_args` turns the epochs into updates with :func:`steps_for_epochs`.
+      require_out: make ``--out`` required (training scripts write their run there).
 
     Returns:
       The argument group holding the flags.
     """
     d = defaults or TrainConfig()
     g = parser.add_argument_group("training")
-    g.add_argument("--out", default=d.out, help="output directory: metrics.jsonl, config.json, checkpoints/")
-    g.add_argument("--max-steps", type=int, default=d.max_steps, help="optimizer updates (default %(default)s)")
+    g.add_argument("--out", default=d.out, required=require_out, help="output directory: metrics.jsonl, config.json, "
+                   "checkpoints/")  # fmt: skip
+    if epochs is None:
+        g.add_argument("--max-steps", type=int, default=d.max_steps, help="optimizer updates (default %(default)s)")
+    else:
+        g.add_argument("--max-steps", type=int, default=None, help="optimizer updates (default: --epochs)")
+        g.add_argument("--epochs", type=float, default=epochs, help="epochs when --max-steps is not given "
+                       "(default %(default)s)")  # fmt: skip
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="examples per micro-batch, all devices")
     g.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per update (default 1)")
     g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (default %(default)s)")
@@ -245,13 +287,23 @@ _ARG_FIELDS = (
 ).split()
 
 
-def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
+def config_from_args(args: argparse.Namespace, *, num_examples: int | None = None, **overrides: Any) -> TrainConfig:
     """Build a validated :class:`TrainConfig` from parsed flags (plus keyword overrides).
 
     The parallel mode is exactly what the flags say (default ``none``, one device, whatever ``XLA_FLAGS`` makes
     visible), so a run's numbers do not depend on the machine; pass ``--parallel shard_map`` to use every device.
     Invalid or inconsistent values raise ``ValueError`` naming the setting.
+
+    Args:
+      args: flags parsed with :func:`add_train_arguments`.
+      num_examples: examples per epoch; with ``--epochs`` and no ``--max-steps``, ``max_steps`` is
+        :func:`steps_for_epochs` of them.
+      overrides: settings that replace the flags.
     """
     values = {name: getattr(args, name) for name in _ARG_FIELDS if hasattr(args, name)}
+    if values.get("max_steps") is None and getattr(args, "epochs", None) is not None:
+        if num_examples is None:
+            raise ValueError("num_examples: expected the examples per epoch to turn --epochs into steps, got None")
+        values["max_steps"] = steps_for_epochs(args.epochs, num_examples, args.batch_size, args.grad_accum)
     values.update(overrides)
     return TrainConfig.from_dict(values)

@@ -10,28 +10,19 @@ import os
 import time
 from collections.abc import Iterator
 
+from hnjax.data import jsonl
+
 logger = logging.getLogger(__name__)
 
 TIME_PHASES = ("step", "data", "mining", "eval", "checkpoint")
 
 
 def read_jsonl(path: str) -> list[dict]:
-    """All records of a JSONL file (an incomplete last line, left by a killed process, is ignored)."""
+    """All records of a JSONL log; none when the file does not exist yet, and an incomplete last line (left by a
+    killed process) is ignored."""
     if not os.path.exists(path):
         return []
-    records = []
-    with open(path) as f:
-        lines = f.read().split("\n")
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            if number == len(lines):  # the unterminated final line of a killed writer
-                break
-            raise ValueError(f"{path}, line {number}: not valid JSON ({e})") from e
-    return records
+    return [record for _, record in jsonl.records(path, partial_last_line=True)]
 
 
 def truncate_jsonl(path: str, max_step: int) -> int:
@@ -67,6 +58,28 @@ def write_results(out_dir: str, results: dict) -> str:
         json.dump(results, f, indent=1, default=float)
     os.replace(path + ".tmp", path)
     return path
+
+
+def read_results(out_dir: str | os.PathLike, *, required: tuple[str, ...] = ()) -> dict:
+    """The ``OUT/results.json`` of a finished run, with the fields a caller relies on checked.
+
+    Args:
+      out_dir: the run's output folder.
+      required: top-level fields that must be present.
+
+    Raises:
+      FileNotFoundError: the folder has no ``results.json`` (not a finished run).
+      ValueError: a required field is missing (file and field named).
+    """
+    path = os.path.join(str(out_dir), "results.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: missing (is {out_dir} a finished run?)")
+    with open(path, encoding="utf-8") as f:
+        results = json.load(f)
+    for name in required:
+        if name not in results:
+            raise ValueError(f"{path}: field {name!r} is missing")
+    return results
 
 
 def _jsonable(value):

@@ -53,14 +53,14 @@ def create_train_state(params: Any, optimizer: optax.GradientTransformation, *, 
     """
     rng = jax.random.PRNGKey(seed) if isinstance(seed, int) else jnp.asarray(seed)
     if rng.shape != (2,) or rng.dtype != jnp.uint32:
-        raise ValueError(f"seed must be an int or a raw uint32[2] key, got shape {rng.shape} dtype {rng.dtype}")
+        raise ValueError(f"seed: expected an int or a raw uint32[2] key, got shape {rng.shape} dtype {rng.dtype}")
     return TrainState(params=params, opt_state=optimizer.init(params), step=jnp.zeros((), jnp.int32), rng=rng)
 
 
 def warmup_steps(total_steps: int, warmup: float) -> int:
     """Warmup length in steps: ``round(warmup * total_steps)`` for a fraction ``0 <= warmup < 1``."""
     if not 0.0 <= warmup < 1.0:
-        raise ValueError(f"warmup must be a fraction in [0, 1), got {warmup}")
+        raise ValueError(f"warmup: expected a fraction in [0, 1), got {warmup}")
     return int(round(warmup * total_steps))
 
 
@@ -87,13 +87,13 @@ def make_schedule(
       Zhang & Stratos (2021), Understanding Hard Negatives in Noise Contrastive Estimation, NAACL (training recipe).
     """
     if lr <= 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
+        raise ValueError(f"lr: expected > 0, got {lr}")
     if total_steps < 1:
-        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+        raise ValueError(f"total_steps: expected >= 1, got {total_steps}")
     if decay not in DECAYS:
-        raise ValueError(f"decay must be one of {DECAYS}, got {decay!r}")
+        raise ValueError(f"decay: expected one of {DECAYS}, got {decay!r}")
     if not 0.0 <= end_factor <= 1.0:
-        raise ValueError(f"end_factor must be in [0, 1], got {end_factor}")
+        raise ValueError(f"end_factor: expected a value in [0, 1], got {end_factor}")
     w = warmup_steps(total_steps, warmup)
     rest = max(total_steps - w, 1)
     if decay == "linear":
@@ -144,9 +144,9 @@ def make_optimizer(
       Loshchilov & Hutter (2019), Decoupled Weight Decay Regularization, ICLR.
     """
     if weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        raise ValueError(f"weight_decay: expected >= 0, got {weight_decay}")
     if clip_norm is not None and clip_norm <= 0:
-        raise ValueError(f"clip_norm must be > 0 or None, got {clip_norm}")
+        raise ValueError(f"clip_norm: expected > 0 or None, got {clip_norm}")
     schedule = make_schedule(lr=lr, total_steps=total_steps, warmup=warmup, decay=decay, end_factor=end_factor)
     adamw = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=mask)
     parts = ([optax.clip_by_global_norm(clip_norm)] if clip_norm is not None else []) + [adamw]

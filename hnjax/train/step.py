@@ -7,7 +7,7 @@ batch axis and, as built by the training loop, a boolean ``"valid"`` mask that t
 
 Data parallelism (see :mod:`hnjax.parallel`): the step is built with ``axis_name="data"`` and runs inside
 ``shard_map``/``pmap``. The loss must then return the global-batch mean (gather in-batch negatives with
-``parallel.all_gather``, or compute ``psum(sum of weighted losses) / psum(sum of weights)``), or its local mean when
+``losses.gather_columns``, or compute ``psum(sum of weighted losses) / psum(sum of weights)``), or its local mean when
 every device holds the same number of valid examples. Gradients are averaged with one ``lax.pmean`` per step, after
 accumulation, which makes the result equal to the single-device gradient of the global batch.
 
@@ -103,7 +103,7 @@ def make_train_step(
       1.0
     """
     if not isinstance(grad_accum, int) or grad_accum < 1:
-        raise ValueError(f"grad_accum must be an int >= 1, got {grad_accum!r}")
+        raise ValueError(f"grad_accum: expected an int >= 1, got {grad_accum!r}")
     grad_fn = jax.value_and_grad(lambda p, b, k: loss_fn(p, b, k, axis_name=axis_name), has_aux=True)
 
     def accumulate(params, batch, key):
