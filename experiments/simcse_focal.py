@@ -15,8 +15,13 @@ Run (from the repository root):
         --out runs/simcse/focal-s0 --seed 0
     python experiments/simcse_compare.py runs/simcse/*-s* --out runs/simcse/compare
 
+Training batches are packed by default (--layout packed: both dropout views of every sentence laid end to end in rows
+of --row-length tokens, no padding computed; equal losses to --layout padded), and STS evaluation encodes packed too.
+The XLA:CPU flags measured for this CPU and the persistent compilation cache (--compile-cache DIR|none) are set up
+before JAX starts (hnjax.runtime).
+
 Writes OUT/results.json (best_dev_spearman, best_step, steps, dev_curve, final STS results, corpus statistics,
-time split), OUT/metrics.jsonl, OUT/dev_spearman.png, OUT/best/ and checkpoints for --resume.
+time split, runtime set-up), OUT/metrics.jsonl, OUT/dev_spearman.png, OUT/best/ and checkpoints for --resume.
 """
 
 from __future__ import annotations
@@ -32,9 +37,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hnjax import embed, export, models, plots, simcse
+from hnjax import embed, export, models, parallel, plots, runtime, simcse
 from hnjax import eval as ev
-from hnjax.data import sts, text, tokenize
+from hnjax.data import packing, sts, text, tokenize
 from hnjax.train import config as config_lib
 from hnjax.train import loop, metrics
 
@@ -57,19 +62,28 @@ def parse_args(argv=None):
     p.add_argument("--max-length", type=int, default=32, help="tokens per sentence (default 32)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="encoder compute dtype")
     p.add_argument("--eval-batch-size", type=int, default=128, help="sentences per evaluation call")
+    p.add_argument("--layout", choices=("packed", "padded"), default="packed",
+                   help="packed: both views of every sentence laid end to end in rows, no padding computed "
+                   "(default); padded: each view padded to the batch's bucket length")  # fmt: skip
+    p.add_argument("--row-length", type=int, default=None, help="tokens per packed row (default 2 × --max-length)")
     p.add_argument("--no-start-eval", dest="start_eval", action="store_false",
                    help="do not evaluate the starting encoder (step 0 of the dev curve)")  # fmt: skip
     defaults = config_lib.TrainConfig(batch_size=64, lr=3e-5, eval_every=125, max_steps=1)
     config_lib.add_train_arguments(p, defaults, epochs=1.0, require_out=True)
+    runtime.add_arguments(p)
     args = p.parse_args(argv)
     if args.max_length < 4:
         p.error(f"--max-length must be >= 4, got {args.max_length}")
+    args.row_length = args.row_length or 2 * args.max_length
+    if args.row_length < args.max_length:
+        p.error(f"--row-length must be >= --max-length {args.max_length}, got {args.row_length}")
     return args
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    setup = runtime.from_args(args)  # before JAX computes anything: XLA flags, compilation cache
     out = pathlib.Path(args.out)
     corpus = text.LineCorpus(args.corpus)
     config = config_lib.config_from_args(args, num_examples=len(corpus))
@@ -79,17 +93,29 @@ def main(argv=None) -> dict:
     encoder, encoder_params = models.from_pretrained(model_dir, dtype=dtype)
     tokenizer = tokenize.load_tokenizer(model_dir)
     net = simcse.SimCSE(encoder, pooling=args.pooling, loss=args.loss, temperature=args.temperature,
-                        margin=args.margin)  # fmt: skip
+                        margin=args.margin, row_length=args.row_length)  # fmt: skip
     params = net.init(encoder_params, jax.random.key(args.seed))
     dev_sets = sts.load_sts_sets(args.sts_dev, names=["STSBenchmark-dev"])
-    dev_encode = embed.make_encode_fn(encoder, pooling=args.pooling)
+    packed = args.layout == "packed"
+    eval_row_length = max(args.row_length, EVAL_MAX_LENGTH)
+    dev_encode = (embed.make_packed_encode_fn(encoder, pooling=args.pooling, row_length=eval_row_length) if packed
+                  else embed.make_encode_fn(encoder, pooling=args.pooling))  # fmt: skip
+    devices = parallel.DataParallel(config.parallel, config.devices).n_devices
+    if packed and config.batch_size % devices:
+        raise SystemExit(f"--layout packed: --batch-size {config.batch_size} must divide over the {devices} devices "
+                         "(or use --layout padded)")  # fmt: skip
+    pad_id = tokenizer.pad_token_id or 0
     truncated = {"sentences": 0}
 
     def batch_fn(indices, candidates):
         del candidates
         enc = tokenize.batch_encode(tokenizer, corpus[indices], max_length=args.max_length)
         truncated["sentences"] += enc.n_truncated
-        return {"input_ids": enc.input_ids, "attention_mask": enc.attention_mask.astype(bool)}
+        if not packed:
+            return {"input_ids": enc.input_ids, "attention_mask": enc.attention_mask.astype(bool)}
+        sentences, _ = packing.unpad(enc.input_ids, enc.attention_mask)
+        return simcse.pack_batch(sentences, row_length=args.row_length, length=args.max_length, devices=devices,
+                                 grad_accum=config.grad_accum, pad_id=pad_id)  # fmt: skip
 
     best_path = out / "best"
     best = {"stsb_dev_spearman": -math.inf, "step": None}
@@ -112,7 +138,7 @@ def main(argv=None) -> dict:
         return {"stsb_dev_spearman": value}
 
     extra = {k: getattr(args, k) for k in ("corpus", "loss", "model", "pooling", "temperature", "margin",
-                                           "max_length", "dtype")}  # fmt: skip
+                                           "max_length", "dtype", "layout", "row_length")}  # fmt: skip
     if args.start_eval and not args.resume:  # evaluate the starting point too, so the curve starts at step 0
         os.makedirs(out, exist_ok=True)
         start = {"step": 0, "stsb_dev_spearman": dev_spearman(encoder_params)}
@@ -129,7 +155,7 @@ def main(argv=None) -> dict:
     final = ev.evaluate_sts(
         lambda s: embed.encode_sentences(best_model, best_params, tokenizer, s, pooling=args.pooling,
                                          batch_size=args.eval_batch_size, max_length=EVAL_MAX_LENGTH,
-                                         progress=False),
+                                         pack=packed, row_length=eval_row_length, progress=False),
         final_sets,
     )  # fmt: skip
     curve_path = out / "dev_start.json"
@@ -149,6 +175,7 @@ def main(argv=None) -> dict:
         "corpus": {**corpus.stats(), "truncated_this_run": truncated["sentences"]},
         "config": {**config.to_dict(), **extra},
         "devices": jax.device_count(),
+        "runtime": setup,
     }
     metrics.write_results(out, results)
     plots.dev_curve(curve, str(out / "dev_spearman.png"), f"{args.loss}, seed {args.seed}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -109,6 +109,60 @@ def make_packed_encode_fn(
     return PackedEncodeFn(jax.jit(encode), row_length)
 
 
+class PackedGroup(NamedTuple):
+    """One call's worth of packed sequences: the ``stream`` (:func:`hnjax.data.packing.pack` ``.as_batch()``, slots
+    [batch_size, L]) and how many of its slots are real sequences (``count``; the rest repeat the first)."""
+
+    stream: dict[str, np.ndarray]
+    count: int
+
+
+def packed_groups(
+    sequences: Sequence[np.ndarray],
+    *,
+    row_length: int,
+    length: int,
+    batch_size: int = 64,
+    types: Sequence[np.ndarray] | None = None,
+    rows: int | None = None,
+    pad_id: int = 0,
+) -> list[PackedGroup]:
+    """Sequences cut, in order, into packed groups of one static shape (``batch_size`` slots, ``rows`` rows of
+    ``row_length`` tokens), so that an encoder over them compiles once; arguments as :func:`encode_packed`.
+
+    The groups are ready batches for :func:`hnjax.mining.encode` and :class:`hnjax.mining.Miner` through
+    :func:`trim_to_group`.
+    """
+    if not len(sequences):
+        raise ValueError("sequences: expected at least one sequence, got none")
+    lengths = np.array([len(s) for s in sequences])
+    if rows is None:
+        need = max(int(np.ceil(1.1 * batch_size * lengths.mean() / row_length)), 1)
+        rows = packing.bucket_rows(need)
+    out = []
+    for group in packing.fixed_groups(lengths, row_length=row_length, rows=rows, max_sequences=batch_size):
+        index = list(group) + [group[0]] * (batch_size - len(group))  # fillers share the first one's tokens
+        p = packing.pack(
+            [[sequences[i]] for i in index], row_length=row_length, length=length, rows=rows, pad_id=pad_id,
+            types=None if types is None else [[types[i]] for i in index], keys=[[i] for i in index], squeeze=True,
+        )  # fmt: skip
+        out.append(PackedGroup(p.as_batch(), len(group)))
+    return out
+
+
+def trim_to_group(encode_fn: Callable[[Any, dict], Any]) -> Callable[[Any, PackedGroup], Any]:
+    """``(params, group) -> outputs of its real sequences``: ``encode_fn(params, group.stream)`` (an array or a tuple
+    of arrays with a leading slot axis) cut to ``group.count`` rows on the host."""
+
+    def encode(params: Any, group: PackedGroup):
+        out = jax.device_get(encode_fn(params, group.stream))
+        if isinstance(out, (tuple, list)):
+            return tuple(np.asarray(x)[: group.count] for x in out)
+        return np.asarray(out)[: group.count]
+
+    return encode
+
+
 def encode_packed(
     encode_fn: Callable[[Any, dict], Any],
     params: Any,
@@ -144,23 +198,11 @@ def encode_packed(
     Returns:
       The outputs of every sequence in input order: [S, ...], or a tuple of such arrays.
     """
-    if not len(sequences):
-        raise ValueError("sequences: expected at least one sequence, got none")
-    lengths = np.array([len(s) for s in sequences])
-    if rows is None:
-        need = max(int(np.ceil(1.1 * batch_size * lengths.mean() / row_length)), 1)
-        rows = packing.bucket_rows(need)
-    groups = packing.fixed_groups(lengths, row_length=row_length, rows=rows, max_sequences=batch_size)
-    outputs: list = []
-    for group in tqdm.tqdm(groups, desc=desc, unit="batch", disable=not progress):
-        index = list(group) + [group[0]] * (batch_size - len(group))  # fillers share the first one's tokens
-        p = packing.pack(
-            [[sequences[i]] for i in index], row_length=row_length, length=length, rows=rows, pad_id=pad_id,
-            types=None if types is None else [[types[i]] for i in index], keys=[[i] for i in index], squeeze=True,
-        )  # fmt: skip
-        out = jax.device_get(encode_fn(params, p.as_batch()))
-        outputs.append(tuple(np.asarray(x)[: len(group)] for x in out) if isinstance(out, (tuple, list))
-                       else np.asarray(out)[: len(group)])  # fmt: skip
+    groups = packed_groups(
+        sequences, row_length=row_length, length=length, batch_size=batch_size, types=types, rows=rows, pad_id=pad_id
+    )
+    encode = trim_to_group(encode_fn)
+    outputs = [encode(params, g) for g in tqdm.tqdm(groups, desc=desc, unit="batch", disable=not progress)]
     if isinstance(outputs[0], tuple):
         return tuple(np.concatenate(parts) for parts in zip(*outputs))
     return np.concatenate(outputs)

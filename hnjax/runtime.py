@@ -5,9 +5,10 @@ Call :func:`configure` at the start of a script, before JAX runs anything (flags
 >>> from hnjax import runtime
 >>> runtime.configure(compile_cache="~/.cache/hnjax/jax")  # doctest: +SKIP
 
-**Flags.** :data:`CPU_FLAG_SETS` names the XLA:CPU flag sets we measured (``experiments/bench_xla_flags.py``,
-docs/benchmark.md). :func:`cpu_flags` picks the best measured set for the CPU at hand; :func:`configure` applies it
-unless the user has set ``XLA_FLAGS`` (then theirs are kept, untouched), or ``HNJAX_XLA_FLAGS=none``. XLA aborts on a
+**Flags.** :data:`CPU_FLAG_SETS` names the XLA:CPU flag sets we measured against each other
+(``experiments/bench_encoder.py --xla-flag-sets``, docs/benchmark.md). :func:`cpu_flags` picks the best measured set
+for the CPU at hand; :func:`configure` applies it unless the user has set ``XLA_FLAGS`` (then theirs are kept,
+untouched), or ``HNJAX_XLA_FLAGS=none``. XLA aborts on a
 flag its build does not know, so sets are only applied for jaxlib versions they were measured with
 (:data:`FLAGS_MEASURED_WITH`).
 
@@ -25,7 +26,8 @@ import platform
 
 logger = logging.getLogger(__name__)
 
-# Flag sets of XLA:CPU that were measured against each other (experiments/bench_xla_flags.py). "default" is XLA's own.
+# Flag sets of XLA:CPU that were measured against each other (experiments/bench_encoder.py --xla-flag-sets);
+# "default" is XLA's own.
 CPU_FLAG_SETS: dict[str, str] = {
     "default": "",
     "onednn": "--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_fusion_type=dot",
