@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import _bench_jobs as jobs_lib
+import numerics
 import numpy as np
 import pytest
 
@@ -158,6 +159,31 @@ def test_every_layout_and_framework_computes_the_same_loss(tiny_checkpoint, case
     if case == "retriever_som_step":  # 2 golds + 2·3/2 pooled negatives = 5 distinct of 8 candidates
         assert packed["candidates_encoded"] == 5 and packed["candidates_total"] == 8
         assert infos["hnjax/packed_no_dedup"]["candidates_encoded"] == 8 == padded["candidates_encoded"]
+        # the reference pads to 32 and encodes all B·K candidates; de-duplication and packing execute less
+        flops = {name: info["model_flops_per_step"] for name, info in infos.items()}
+        assert flops["torch/padded"] > flops["hnjax/packed"] and flops["hnjax/packed_no_dedup"] > flops["hnjax/packed"]
+    assert all(info["model_flops_per_step"] > 0 for info in infos.values())
+
+
+@pytest.mark.parametrize("case", steps.MICRO_CASES)
+def test_micro_cases_compute_the_same_loss(case):
+    """loss_only and scorer_only: hnjax and PyTorch give one value on the same vectors; no model FLOPs or MFU."""
+    from hnjax.bench import torch_reference
+
+    sizes = inputs.RetrieverSizes(batch=2, cands=4, min_len=5, max_len=12, neg_repeat=2, pad_length=16)
+    vectors = inputs.vectors(sizes, loss_batch=8, width=16, seed=3)
+    ours = steps.micro(case=case, dtype="fp32", vectors=vectors)
+    ref = torch_reference.micro(case=case, dtype="fp32", vectors=vectors, threads=1, torch_device="cpu")
+    assert np.isfinite(ref.loss_check)
+    numerics.assert_close(ours.loss_check, ref.loss_check)
+    assert ours.compile_s is not None and ref.compile_s is None
+    ours.run(1)
+    ref.run(1)
+    results = [{"impl": "hnjax", "steps_per_s": 2.0, "device": "cpu", **ours.info},
+               {"impl": "pytorch", "steps_per_s": 1.0, "device": "cpu", **ref.info}]  # fmt: skip
+    for row in report.rows(case, "tiny", results, seq_per_step=8, dtypes={"hnjax": "fp32", "pytorch": "fp32"},
+                           peak_override=0.5):  # fmt: skip
+        assert row["model_flops_per_step"] is None and row["mfu"] is None and row["seq_per_s"] > 0
 
 
 def test_harness_interleaves_rounds_and_reports():
@@ -214,11 +240,17 @@ def test_script_end_to_end(tiny_checkpoint, tmp_path):
         ("simcse_focal_step", "pytorch"),
     }
     for r in measured:
-        for key in ("case", "impl", "seq_per_s", "peak_mem_mb", "steps_per_s", "loss_check", "time_to_first_step_s"):
+        for key in ("case", "impl", "seq_per_s", "peak_mem_mb", "steps_per_s", "loss_check", "time_to_first_step_s",
+                    "compile_s"):  # fmt: skip
             assert key in r, (key, r)
-        assert r["seq_per_s"] > 0 and r["peak_mem_mb"] > 10.0
+        assert r["seq_per_s"] > 0 and np.isfinite(r["seq_per_s"]) and r["peak_mem_mb"] > 10.0
+        assert r["peak_tflops"] == 0.5 and r["device"] == "cpu" and r["peak_device_mem_mb"] is None
+        assert (r["compile_s"] is not None) == r["impl"].startswith("hnjax")
     step = {r["impl"]: r for r in measured if r["case"] == "simcse_focal_step"}
     assert step["hnjax"]["time_to_first_step_warm_s"] > 0 and step["hnjax"]["compile_s"] > 0
+    # XLA also counts LayerNorm, softmax, AdamW, ...: never fewer FLOPs than the matmuls
+    assert step["hnjax"]["xla_flops_per_step"] >= step["hnjax"]["model_flops_per_step"] > 0
+    assert step["pytorch"]["mfu"] == pytest.approx(step["pytorch"]["model_tflops_per_s"] / 0.5)
     assert step["hnjax"]["mfu"] == pytest.approx(step["hnjax"]["model_tflops_per_s"] / 0.5)
     assert step["hnjax"]["model_tflops_per_s"] == pytest.approx(
         step["hnjax"]["model_flops_per_step"] * step["hnjax"]["steps_per_s"] / 1e12
