@@ -39,9 +39,9 @@ def _eps(x) -> float:
     bf16/fp16 results are float32 computations rounded once at the end: that rounding is relative to each entry, so
     tests of them pass an ``rtol`` of the format's precision (2^-8 for bf16) and keep the float32 absolute term.
     """
-    if isinstance(x, (float, int)):  # float(loss): the computation's own dtype is gone; assume float32
+    if not hasattr(x, "dtype"):  # float(loss), lists read from JSON: the computation's dtype is gone; assume float32
         return EPS32
-    if np.asarray(x).dtype == np.float64:  # jax.enable_x64; do not cast a float32 result to float64 before comparing
+    if x.dtype == np.float64:  # jax.enable_x64; do not cast a float32 result to float64 before comparing
         return float(np.finfo(np.float64).eps)
     return EPS32
 
@@ -82,12 +82,21 @@ def assert_close(actual, desired, *, rtol=RTOL, atol=None, scale=None, ulps=ULPS
 
 
 def assert_trees_close(actual, desired, **kwargs):
-    """:func:`assert_close` leaf by leaf over two pytrees of the same structure (parameters, gradients)."""
+    """:func:`assert_close` leaf by leaf over two pytrees of the same structure (parameters, gradients).
+
+    The absolute term scales with the largest magnitude in the whole of ``desired`` (unless ``scale`` is given): the
+    rounding error of one gradient leaf comes from the whole backward pass, so a leaf whose exact value is zero (the
+    gradient of an attention key bias, which softmax ignores) holds rounding noise of the other leaves' size, not of
+    its own.
+    """
     import jax  # imported here so that conftest can import this module before XLA_FLAGS are final
 
     leaves_a, tree_a = jax.tree.flatten(actual)
     leaves_d, tree_d = jax.tree.flatten(desired)
     assert tree_a == tree_d, f"tree structures differ: {tree_a} vs {tree_d}"
+    if kwargs.get("scale") is None:
+        finite = [np.abs(x)[np.isfinite(x)] for x in (np.asarray(d, np.float64) for d in leaves_d)]
+        kwargs["scale"] = max((float(f.max()) for f in finite if f.size), default=0.0)
     paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(desired)[0]]
     for path, a, d in zip(paths, leaves_a, leaves_d):
         assert np.shape(a) == np.shape(d), f"{path}: shape {np.shape(a)} vs {np.shape(d)}"
@@ -98,6 +107,25 @@ def register_hypothesis_profiles() -> None:
     """``ci`` (derandomized, no example database: a red run replays anywhere) and ``explore`` (random, 10× examples)."""
     settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
     settings.register_profile("explore", max_examples=100 * EXPLORE_FACTOR, deadline=None, print_blob=True)
+
+
+def assert_same_ranking(found, want, ref_scores, **kwargs):
+    """Ranked ids [Q, k] equal position by position, except that near-ties may come in either order.
+
+    ``found`` and ``want`` index the columns of ``ref_scores`` [Q, N] (float64 reference scores; -1 in ``found`` is
+    padding). Where ``found`` and ``want`` differ, the reference scores of the two ids must be equal under
+    :func:`assert_close` (scale: the row's largest score): the order of near-tied scores depends on the machine's
+    float32 rounding. Ids within a row must be distinct, so a duplicated id cannot stand in for a tied one.
+    """
+    found, want, ref_scores = np.asarray(found), np.asarray(want), np.asarray(ref_scores, np.float64)
+    assert found.shape == want.shape, (found.shape, want.shape)
+    for i, (f, w) in enumerate(zip(found, want)):
+        real = f[f >= 0]
+        assert len(set(real.tolist())) == len(real), f"row {i}: duplicate ids {f}"
+        moved = f != w
+        if moved.any():
+            row = {"scale": float(np.max(np.abs(ref_scores[i]))), **kwargs}
+            assert_close(ref_scores[i, f[moved]], ref_scores[i, w[moved]], err_msg=f"row {i}: {f} vs {w}", **row)
 
 
 def examples(n: int) -> int:

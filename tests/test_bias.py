@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from numerics import assert_close
 from scipy import stats
 
 from hnjax import bias, bias_synthetic, samplers
@@ -159,7 +160,7 @@ def test_log_q_corrected_model_negatives_with_replacement_are_unbiased_everywher
     sampler = bias.NegativeSampler("model", k=2, replace=replace, log_q_correction="renormalized")
     nce, g = bias.nce_gradient(identity_scores, theta, pop, sampler=sampler, exact=True)
     ce, g_ce = bias.ce_gradient(identity_scores, theta, pop)
-    np.testing.assert_allclose(float(nce), float(ce), rtol=1e-5)
+    assert_close(float(nce), float(ce))
     gap = float(jnp.linalg.norm(g - g_ce))
     assert gap < 1e-6 if replace else gap > 1e-2
 
@@ -193,14 +194,14 @@ def test_all_labels_as_candidates_nce_equals_ce(sampler):
     ce, g_ce = bias.ce_gradient(score_fn, params, pop)
     for exact in (False, True):
         nce, g = bias.nce_gradient(score_fn, params, pop, jax.random.key(4), sampler=sampler, num_draws=2, exact=exact)
-        np.testing.assert_allclose(float(nce), float(ce), rtol=1e-5)
+        assert_close(float(nce), float(ce))
         for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ce)):
-            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+            assert_close(a, b, rtol=1e-4)
         assert float(bias.tree_distance(g, g_ce)) < 1e-5
     # and the CE itself against NumPy
     s = np.asarray(score_fn(params), np.float64)
     ref = -(np.asarray(pop) * (s - np.log(np.exp(s).sum(1, keepdims=True)))).sum()
-    np.testing.assert_allclose(float(ce), ref, rtol=1e-5)
+    assert_close(float(ce), ref)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -251,7 +252,7 @@ def test_exact_expectation_matches_numpy_enumeration(case):
     loss, grad = bias.nce_gradient(
         identity_scores, jnp.asarray(s, jnp.float32), jnp.asarray(pop[None], jnp.float32), sampler=sampler, exact=True
     )
-    np.testing.assert_allclose(float(loss), ref_loss, rtol=1e-5)
+    assert_close(float(loss), ref_loss)
     np.testing.assert_allclose(np.asarray(grad), ref_grad, rtol=1e-4, atol=1e-6)
 
 
@@ -291,14 +292,15 @@ def test_max_rows_keeps_the_heaviest_rows_only():
     key = jax.random.key(0)
     full = bias.nce_gradient(identity_scores_2d, s, pop, key, sampler=sampler, num_draws=1)
     kept = bias.nce_gradient(identity_scores_2d, s, pop, key, sampler=sampler, num_draws=1, max_rows=3)
-    np.testing.assert_allclose(float(kept[0]), float(full[0]), rtol=1e-6)
-    np.testing.assert_allclose(np.asarray(kept[1]), np.asarray(full[1]), rtol=1e-6, atol=1e-7)
+    assert_close(float(kept[0]), float(full[0]))
+    assert_close(np.asarray(kept[1]), np.asarray(full[1]))
     # max_rows=2 drops the row (input 0, gold 4) of weight 0.2
     dropped = bias.nce_gradient(identity_scores_2d, s, pop, key, sampler=sampler, num_draws=1, max_rows=2)
     only = np.zeros(7)
     only[4] = 0.2
     ref, _ = np_expected_nce(np.asarray(s[0], np.float64), only, "top_k", 3)
-    np.testing.assert_allclose(float(full[0]) - float(dropped[0]), ref, rtol=1e-4)
+    # a difference of two float32 losses: the magnitude involved is the full loss
+    assert_close(float(full[0]) - float(dropped[0]), ref, rtol=1e-4, scale=abs(float(full[0])))
     assert bias.dropped_weight(pop, 3) == 0.0 and abs(bias.dropped_weight(pop, 2) - 0.2) < 1e-7
 
 
@@ -340,7 +342,7 @@ def test_uniform_negatives_distribution(replace):
     pairs = itertools.product(allowed, repeat=2) if replace else itertools.permutations(allowed, 2)
     pairs = list(pairs)
     assert chi2_pairs(ids, {p: 1 / len(pairs) for p in pairs}) > 1e-3
-    np.testing.assert_allclose(np.asarray(log_q), -np.log(len(allowed)), rtol=1e-6)
+    assert_close(np.asarray(log_q), -np.log(len(allowed)))
     assert ids.dtype == jnp.int32 and log_q.dtype == jnp.float32
 
 
@@ -364,7 +366,7 @@ def test_model_negatives_distribution(replace, temperature, smoothing):
         elif i != j:
             probs[(i, j)] = q[i] * q[j] / (1 - q[i])  # successive sampling (Plackett-Luce)
     assert chi2_pairs(ids, probs) > 1e-3
-    np.testing.assert_allclose(np.asarray(log_q), np.log(q[np.asarray(ids)]), rtol=1e-5)
+    assert_close(np.asarray(log_q), np.log(q[np.asarray(ids)]))
 
 
 def test_samplers_never_draw_excluded_labels_and_no_duplicates_without_replacement():
@@ -521,7 +523,7 @@ def test_bias_along_trajectory_small():
     )
     assert len(calls) == 6 and all(len(v) == 3 for v in out.values())
     # K = N: the hard-NCE objective is CE and the bias 0
-    np.testing.assert_allclose(out["hard_nce_loss"], out["ce_loss"], rtol=1e-5)
+    assert_close(out["hard_nce_loss"], out["ce_loss"])
     assert max(out["hard_bias"]) < 1e-4 and min(out["random_bias"]) > 1e-3
 
 
@@ -534,7 +536,9 @@ def test_experiment_script_smoke(tmp_path):
         "--out",
         str(out),
         "--steps",
-        "2",
+        "4",
+        "--lr",
+        "0.05",
         "--num-labels",
         "12",
         "--dim",
@@ -553,9 +557,15 @@ def test_experiment_script_smoke(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = json.loads((out / "results.json").read_text())
     for key in ("ce_loss", "hard_nce_loss", "random_nce_loss", "hard_bias", "random_bias"):
-        assert len(r[key]) == 2 and all(np.isfinite(r[key]))
+        assert len(r[key]) == 4 and all(np.isfinite(r[key]))
     assert set(r["per_seed"]) == {"0", "1"}
-    np.testing.assert_allclose(r["hard_bias"], np.mean([r["per_seed"][s]["hard_bias"] for s in "01"], axis=0))
+    # The script's model learns the population: its exact CE falls at every step, for every seed (measured: seed 0
+    # 2.09 -> 1.35, seed 1 1.84 -> 0.33), and the NCE losses fall with it.
+    for seed in "01":
+        ce = r["per_seed"][seed]["ce_loss"]
+        assert all(b < a for a, b in zip(ce, ce[1:])) and ce[-1] < 0.8 * ce[0], ce
+    assert r["hard_nce_loss"][-1] < r["hard_nce_loss"][0] and r["random_nce_loss"][-1] < r["random_nce_loss"][0]
+    assert_close(r["hard_bias"], np.mean([r["per_seed"][s]["hard_bias"] for s in "01"], axis=0))
     for png in ("bias.png", "loss.png", "extensions.png"):
         assert (out / png).stat().st_size > 1000
 

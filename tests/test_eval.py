@@ -10,6 +10,7 @@ import pytest
 import scipy.stats
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from numerics import examples
 
 from hnjax import eval as ev
 
@@ -30,7 +31,7 @@ def test_spearman_matches_scipy(seed, n_levels):
 
 
 @pytest.mark.filterwarnings("ignore::scipy.stats.ConstantInputWarning")
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60))
 @given(
     st.lists(
         st.tuples(st.integers(-3, 3), st.floats(-5, 5, allow_nan=False, allow_infinity=False)),

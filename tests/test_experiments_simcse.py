@@ -67,6 +67,34 @@ def test_simcse_focal_end_to_end_and_resume(tmp_path, tiny_checkpoint):
     assert again["best_dev_spearman"] == pytest.approx(saved["best_dev_spearman"])
 
 
+def _sts_dev(tmp_path):
+    sts_dev = tmp_path / "dev"
+    (sts_dev / "STSBenchmark").mkdir(parents=True)
+    (sts_dev / "STSBenchmark" / "sts-dev.csv").write_text((STS_FIXTURES / "STSBenchmark" / "sts-dev.csv").read_text())
+    return sts_dev
+
+
+def test_simcse_focal_learns_on_a_toy_corpus(tmp_path, tiny_checkpoint):
+    """Learning, not just finite numbers: 16 distinct sentences, all in every batch (the same examples each step, so
+    the curve is smooth up to dropout), Focal-InfoNCE, mean pooling (the random one-layer encoder gives every
+    sentence nearly the same [CLS] state, which takes far more steps to pull apart). Measured: 5.72, 5.45 over the
+    first two steps, 0.03 over the last three."""
+    words = "the cat dog sat ran on mat fast slow red blue green big small".split()
+    rng = np.random.default_rng(1)
+    sentences = sorted({" ".join(rng.choice(words, size=5)) for _ in range(40)})[:16]
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(sentences) + "\n")
+    out = tmp_path / "run"
+    argv = ["--corpus", str(corpus), "--sts-dev", str(_sts_dev(tmp_path)), "--model", str(tiny_checkpoint),
+            "--loss", "focal", "--pooling", "mean", "--max-steps", "12", "--batch-size", "16", "--lr", "1e-2",
+            "--max-length", "12", "--eval-every", "0", "--no-start-eval", "--out", str(out), "--no-progress",
+            "--no-tensorboard"]  # fmt: skip
+    _script("simcse_focal").main(argv)
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 12 and all(np.isfinite(losses))
+    assert np.mean(losses[-3:]) < 0.25 * np.mean(losses[:2]), losses
+
+
 def _write_runs(tmp_path):
     runs = []
     for loss, values in (("infonce", [70.0, 72.0, 71.0]), ("focal", [73.0, 74.5, 72.5])):

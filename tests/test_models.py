@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from numerics import assert_close, assert_trees_close
 from safetensors import numpy as safetensors_numpy
 
 from hnjax import models
@@ -369,8 +370,8 @@ def test_remat_gives_same_values_and_gradients(tiny_model):
 
     v1, g1 = jax.jit(jax.value_and_grad(lambda p: loss(p, model)))(params)
     v2, g2 = jax.jit(jax.value_and_grad(lambda p: loss(p, remat_model)))(params)
-    np.testing.assert_allclose(v1, v2, rtol=1e-6)
-    jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), g1, g2)
+    assert_close(v1, v2)
+    assert_trees_close(g1, g2)
 
 
 def test_bf16_compute_is_close_to_fp32(minilm, minilm_hidden, batch):

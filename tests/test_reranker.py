@@ -5,6 +5,7 @@ import dataclasses
 import jax
 import numpy as np
 import pytest
+from numerics import assert_close
 
 from hnjax import reranker
 from hnjax.models import bert, loading
@@ -44,10 +45,10 @@ def test_scores_equal_pairwise_encoding_and_loss_is_nce(pooling):
     for b in range(2):
         for k in range(3):  # every pair on its own gives the same score: pairs never see each other
             one = scores(params, *(batch[n][b : b + 1, k : k + 1] for n in ("pair_ids", "pair_mask", "pair_types")))
-            np.testing.assert_allclose(float(one[0, 0]), s[b, k], rtol=1e-5, atol=1e-6)
+            assert_close(float(one[0, 0]), s[b, k])
     loss, aux = ce.loss(params, batch, jax.random.key(0))
     ref = np.mean([np.log(np.exp(row).sum()) - row[0] for row in s.astype(np.float64)])
-    np.testing.assert_allclose(float(loss), ref, rtol=1e-5)
+    assert_close(float(loss), ref)
     assert float(aux["count"]) == 2
 
 

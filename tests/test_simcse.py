@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from numerics import assert_close
 
 from hnjax import simcse
 from hnjax.data import text
@@ -70,7 +71,7 @@ def test_loss_and_gradients_equal_the_official_pytorch_formulation(tiny, loss):
     expected.backward()
 
     value, grads = jax.jit(jax.value_and_grad(lambda p: net.loss_fn(p, batch, jax.random.key(0))[0]))(params)
-    np.testing.assert_allclose(float(value), float(expected), rtol=1e-5)
+    assert_close(float(value), float(expected))
     ours = loading.params_to_hf(jax.device_get(grads["encoder"]), encoder.config)
     theirs = {name: p.grad.numpy() for name, p in ref.named_parameters()}
     assert set(ours) == set(theirs)
@@ -96,11 +97,11 @@ def test_views_use_independent_dropout_and_formula_holds(tiny):
     eye = np.eye(len(cos), dtype=bool)
     logits = np.where(eye, cos * cos, cos * (cos + M)) / TAU
     ref = np.mean(np.log(np.exp(logits).sum(1)) - np.diag(logits))
-    np.testing.assert_allclose(float(net.loss_fn(params, batch, key)[0]), ref, rtol=1e-5)
+    assert_close(float(net.loss_fn(params, batch, key)[0]), ref)
     # evaluation embeddings: [CLS] without the MLP, deterministic
     plain = np.asarray(net.embed(params, ids, mask))
     hidden = encoder.apply({"params": enc_params}, ids, mask)
-    np.testing.assert_allclose(plain, np.asarray(hidden[:, 0]), rtol=1e-6)
+    assert_close(plain, np.asarray(hidden[:, 0]))
 
 
 def test_padding_rows_are_neither_anchors_nor_negatives(tiny):
@@ -111,9 +112,7 @@ def test_padding_rows_are_neither_anchors_nor_negatives(tiny):
         key = jax.random.key(3)
         first3 = {k: v[:3] for k, v in batch.items()}
         padded = {**batch, "valid": np.array([True, True, True, False, False])}
-        np.testing.assert_allclose(
-            float(net.loss_fn(params, padded, key)[0]), float(net.loss_fn(params, first3, key)[0]), rtol=1e-5
-        )
+        assert_close(float(net.loss_fn(params, padded, key)[0]), float(net.loss_fn(params, first3, key)[0]))
 
 
 def test_config_validation(tiny):

@@ -17,6 +17,7 @@ import numerics
 import numpy as np
 import pytest
 import scipy.stats
+from numerics import assert_close
 
 from hnjax import embed, models
 from hnjax import eval as ev
@@ -304,10 +305,10 @@ def test_encode_sentences_matches_one_by_one(tiny, tokenizer, one_by_one, poolin
     got = embed.encode_sentences(model, params, tokenizer, SENTENCES, **kwargs)
     ref = one_by_one(SENTENCES, pooling)
     assert got.shape == (len(SENTENCES), 32) and got.dtype == np.float32
-    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    assert_close(got, ref)
     encode_fn = embed.make_encode_fn(model, pooling=pooling, normalize=True)
     unit = embed.encode_sentences(model, params, tokenizer, SENTENCES, encode_fn=encode_fn, **kwargs)
-    np.testing.assert_allclose(unit, ref / np.linalg.norm(ref, axis=1, keepdims=True), rtol=1e-5, atol=1e-6)
+    assert_close(unit, ref / np.linalg.norm(ref, axis=1, keepdims=True))
 
 
 def test_encode_sentences_compiles_once_per_bucket(tiny, tokenizer, caplog):
@@ -329,7 +330,7 @@ def test_encode_sentences_compiles_once_per_bucket(tiny, tokenizer, caplog):
     assert {shape[0] for shape in traces} == {4}
     assert {shape[1] for shape in traces} <= {8, 16} and len(traces) <= 2
     assert "5 of 30 sentences truncated" in caplog.text  # the long sentence, 5 times, to 16 tokens
-    np.testing.assert_allclose(got[:6], got[6:12], rtol=1e-5, atol=1e-6)  # same sentence, same vector
+    assert_close(got[:6], got[6:12])  # same sentence, same vector
 
 
 def test_packed_encoding_compiles_once_and_equals_padded(tiny, tokenizer):

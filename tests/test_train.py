@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from numerics import assert_close
 
 from hnjax.train import checkpoint as checkpoint_lib
 from hnjax.train import config as config_lib
@@ -47,7 +48,7 @@ def test_schedule_matches_formula(decay, warmup):
     schedule = jax.jit(state_lib.make_schedule(lr=2e-3, total_steps=40, warmup=warmup, decay=decay, end_factor=0.1))
     for t in range(0, 41):
         expected = reference_lr(t, lr=2e-3, total=40, warmup=warmup, decay=decay, end=0.1)
-        np.testing.assert_allclose(float(schedule(t)), expected, rtol=1e-5, atol=1e-9)
+        assert_close(float(schedule(t)), expected, scale=2e-3)  # float32 arithmetic on the peak rate
 
 
 def numpy_adamw(params, grads_seq, *, lr_fn, b1, b2, eps, wd, clip):
@@ -86,7 +87,7 @@ def test_adamw_with_clipping_matches_numpy_reference():
         b1=0.9, b2=0.999, eps=1e-8, wd=0.05, clip=1.0,
     )  # fmt: skip
     for k in params:
-        np.testing.assert_allclose(np.asarray(p[k]), ref[k], rtol=1e-5, atol=1e-6)
+        assert_close(np.asarray(p[k]), ref[k])
 
 
 def test_step_uses_fold_in_key_and_increments_step():
@@ -104,8 +105,8 @@ def test_step_uses_fold_in_key_and_increments_step():
         st, m = step(st, {"x": x})
         noise = jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(7), t), (4,))
         seen.append(float(m["noise_mean"]))
-        np.testing.assert_allclose(seen[-1], float(jnp.mean(noise)), rtol=1e-6)
-        np.testing.assert_allclose(float(m["loss"]), float(np.mean((np.asarray(x) + np.asarray(noise)) ** 2)), 1e-6)
+        assert_close(seen[-1], float(jnp.mean(noise)), scale=float(jnp.max(jnp.abs(noise))))  # a mean near 0
+        assert_close(float(m["loss"]), float(np.mean((np.asarray(x) + np.asarray(noise)) ** 2)))
     assert int(st.step) == 3 and len(set(seen)) == 3
 
 
@@ -365,7 +366,7 @@ def test_metrics_tensorboard_best_checkpoint_and_time_split(tmp_path):
     for key in ("loss", "lr", "grad_norm", "steps_per_s", "seqs_per_s", "mining_share", "epoch"):
         assert all(key in r for r in records), key
     np.testing.assert_allclose(records[0]["lr"], 0.0)  # warmup starts at 0 (10% of 6 steps rounds to 1)
-    np.testing.assert_allclose(records[1]["lr"], 0.05, rtol=1e-6)
+    assert_close(records[1]["lr"], 0.05)
     assert [e["step"] for e in metrics_lib.read_jsonl(str(tmp_path / "eval.jsonl"))] == [2, 4, 6]
     assert any(f.startswith("events") for f in os.listdir(tmp_path / "tb"))
     assert checkpoint_lib.Checkpointer(str(tmp_path / "best")).all_steps() == [4]
@@ -397,10 +398,10 @@ def test_fit_with_grad_accum_2x4_equals_batch_8():
 
     accumulated, _ = toy_fit(None, loss_fn=per_example, n_docs=20, max_steps=5, batch_size=4, grad_accum=2)
     single, _ = toy_fit(None, loss_fn=per_example, n_docs=20, max_steps=5, batch_size=8)
-    np.testing.assert_allclose([r["loss"] for r in accumulated.history], [r["loss"] for r in single.history], 1e-6)
+    assert_close([r["loss"] for r in accumulated.history], [r["loss"] for r in single.history])
     assert [r["examples"] for r in accumulated.history] == [8.0, 8.0, 4.0, 8.0, 8.0]
     for a, b in zip(jax.tree.leaves(accumulated.state.params), jax.tree.leaves(single.state.params)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        assert_close(a, b)
 
 
 @pytest.mark.parametrize("parallel, devices", [("none", None), ("shard_map", 8)])
