@@ -1,9 +1,10 @@
 """Peak memory and wall time of in-batch InfoNCE loss + gradient: plain (dense B×B logits) vs blockwise (custom VJP).
 
-Each (method, B) case runs in its own subprocess, which builds random [B, D] views, compiles
-``jax.value_and_grad(loss, argnums=(0, 1))`` ahead of time, reads XLA's compiled memory analysis (arguments + outputs
-+ temporaries − aliased), and, when that fits under ``--limit-gib``, runs the step once and records the wall time and
-the process's peak resident set size (``resource.getrusage``, which also counts the JAX runtime and the compiler).
+Each (method, B) case runs in its own process (hnjax.bench.memory.inbatch_loss), which builds random [B, D] views,
+compiles ``jax.value_and_grad(loss, argnums=(0, 1))`` ahead of time, reads XLA's compiled memory analysis
+(arguments + outputs + temporaries − aliased), and, when that fits under ``--limit-gib``, runs the step once and
+records the wall time and the process's peak resident set size (``ru_maxrss``, which also counts the JAX runtime and
+the compiler).
 A plain case that would not fit is reported as "would need X GiB" from the analysis and not run.
 
 Run (the table in docs/memory.md):
@@ -26,13 +27,12 @@ import argparse
 import json
 import logging
 import os
-import resource
-import subprocess
-import sys
 import time
 
+from hnjax.bench import harness, memory
+
 METHODS = ("plain", "blockwise")
-GIB = 1024**3
+GIB = memory.GIB
 
 log = logging.getLogger("bench_memory")
 
@@ -58,8 +58,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--gc-chunks", type=int, nargs="+", default=[256, 1024], help="gradcache suite: chunk sizes")
     p.add_argument("--gc-width", type=int, default=1024, help="gradcache suite: hidden width of the MLP encoder")
     p.add_argument("--gc-repeats", type=int, default=3, help="gradcache suite: timed runs (median reported)")
-    p.add_argument("--worker", choices=METHODS, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--size", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     for name in ("dim", "block_size"):
         if getattr(args, name) < 1:
@@ -69,98 +67,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def _peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
-def worker(args: argparse.Namespace) -> dict:
-    """One case, in a fresh process: compile, analyse, maybe run; returns a JSON-able record."""
-    import functools
-
-    import jax
-    import jax.numpy as jnp
-
-    from hnjax import blockwise, losses
-
-    b, d = args.size, args.dim
-    dtype = jnp.dtype(args.dtype)
-    k1, k2 = jax.random.split(jax.random.key(args.seed))
-    z1 = jax.random.normal(k1, (b, d), jnp.float32)
-    z2 = (z1 + jax.random.normal(k2, (b, d), jnp.float32)).astype(dtype)
-    z1 = z1.astype(dtype)
-    jax.block_until_ready((z1, z2))
-    rss_before = _peak_rss_bytes()
-
-    if args.worker == "plain":
-        fn = losses.infonce if args.loss == "infonce" else losses.focal_infonce
-        loss_fn = functools.partial(fn, temperature=args.temperature)
-    else:
-        fn = blockwise.blockwise_infonce if args.loss == "infonce" else blockwise.blockwise_focal_infonce
-        loss_fn = functools.partial(
-            fn, temperature=args.temperature, block_size=args.block_size, row_block_size=args.row_block_size
-        )
-    step = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1)))
-    t0 = time.perf_counter()
-    compiled = step.lower(z1, z2).compile()
-    compile_s = time.perf_counter() - t0
-    mem = compiled.memory_analysis()
-    analysis = {
-        "argument_bytes": int(mem.argument_size_in_bytes),
-        "output_bytes": int(mem.output_size_in_bytes),
-        "temp_bytes": int(mem.temp_size_in_bytes),
-        "alias_bytes": int(mem.alias_size_in_bytes),
-    }
-    analysis["peak_estimate_bytes"] = (
-        analysis["argument_bytes"] + analysis["output_bytes"] + analysis["temp_bytes"] - analysis["alias_bytes"]
-    )
-    record = {
-        "method": args.worker,
-        "batch": b,
-        "dim": d,
-        "loss_name": args.loss,
-        "dtype": args.dtype,
-        "block_size": args.block_size if args.worker == "blockwise" else None,
-        "row_block_size": (args.row_block_size or args.block_size) if args.worker == "blockwise" else None,
-        "compile_s": compile_s,
-        "rss_before_compile_bytes": rss_before,
-        **analysis,
-        "ran": False,
-    }
-    if analysis["peak_estimate_bytes"] > args.limit_gib * GIB:
-        log.info("%s B=%d would need %.2f GiB: not run", args.worker, b, analysis["peak_estimate_bytes"] / GIB)
-        return record
-    t0 = time.perf_counter()
-    loss, grads = compiled(z1, z2)
-    jax.block_until_ready((loss, grads))
-    record.update(
-        ran=True,
-        run_s=time.perf_counter() - t0,
-        loss_value=float(loss),
-        grad_finite=bool(jnp.all(jnp.isfinite(grads[0].astype(jnp.float32)))),
-        peak_rss_bytes=_peak_rss_bytes(),
-    )
-    return record
-
-
 def run_case(args: argparse.Namespace, method: str, size: int) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", method, "--size", str(size)]
-    cmd += ["--dim", str(args.dim), "--loss", args.loss, "--temperature", str(args.temperature)]
-    cmd += ["--block-size", str(args.block_size), "--dtype", args.dtype, "--seed", str(args.seed)]
-    cmd += ["--limit-gib", str(args.limit_gib)]
-    if args.row_block_size is not None:
-        cmd += ["--row-block-size", str(args.row_block_size)]
+    """One (method, B) case in a fresh process (hnjax.bench.memory.inbatch_loss); failures become records."""
+    kwargs = dict(method=method, batch=size, dim=args.dim, loss=args.loss, temperature=args.temperature,
+                  block_size=args.block_size, row_block_size=args.row_block_size, dtype=args.dtype, seed=args.seed,
+                  limit_gib=args.limit_gib)  # fmt: skip
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, check=False)
-    except subprocess.TimeoutExpired:
-        return {"method": method, "batch": size, "dim": args.dim, "ran": False, "error": f"timeout {args.timeout}s"}
-    wall = time.perf_counter() - t0
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = proc.stderr.strip().splitlines()[-3:]
-        return {"method": method, "batch": size, "dim": args.dim, "ran": False, "error": " | ".join(tail)}
-    record = json.loads(lines[-1])
-    record["process_wall_s"] = wall
+        record, _ = harness.call_in_process(memory.inbatch_loss, kwargs, timeout=args.timeout)
+    except (RuntimeError, TimeoutError) as e:
+        return {"method": method, "batch": size, "dim": args.dim, "ran": False, "error": str(e).splitlines()[0]}
+    record["process_wall_s"] = time.perf_counter() - t0
     return record
 
 
@@ -240,73 +157,6 @@ def plot(records: list[dict], path: str) -> None:
     plt.close(fig)
 
 
-def gradcache_suite(args: argparse.Namespace) -> list[dict]:
-    """Plain value_and_grad vs grad_cache of a two-view MLP encoder + blockwise InfoNCE: XLA memory and time."""
-    import functools
-    import statistics
-
-    import flax.linen as nn
-    import jax
-
-    from hnjax import blockwise, gradcache
-
-    class Encoder(nn.Module):
-        width: int
-        out: int
-
-        @nn.compact
-        def __call__(self, x, *, train: bool):
-            for _ in range(2):
-                x = nn.Dropout(0.1, deterministic=not train)(nn.gelu(nn.Dense(self.width)(x)))
-            return nn.Dense(self.out)(x)
-
-    b, d = args.gc_batch, args.dim
-    model = Encoder(args.gc_width, d)
-    x = jax.random.normal(jax.random.key(args.seed), (b, d))
-    params = model.init(jax.random.key(1), x[:1], train=False)
-    key = jax.random.key(2)
-
-    def encode(p, xs, k):  # two SimCSE views of the chunk, one dropout key each
-        view = lambda kk: model.apply(p, xs, train=True, rngs={"dropout": kk})
-        return view(jax.random.fold_in(k, 0)), view(jax.random.fold_in(k, 1))
-
-    loss_fn = lambda e: blockwise.blockwise_infonce(*e, temperature=args.temperature, block_size=args.block_size)
-
-    def plain(p, xs, k):
-        return jax.value_and_grad(lambda q: loss_fn(encode(q, xs, k)))(p)
-
-    cases = [("plain", None, plain)]
-    for c in args.gc_chunks:
-        fn = functools.partial(
-            lambda p, xs, k, c: gradcache.grad_cache(encode, loss_fn, p, xs, chunk_size=c, key=k), c=c
-        )
-        cases.append(("grad_cache", c, fn))
-    records = []
-    for name, chunk, fn in cases:
-        compiled = jax.jit(fn).lower(params, x, key).compile()
-        mem = compiled.memory_analysis()
-        jax.block_until_ready(compiled(params, x, key))  # warm-up
-        times = []
-        for _ in range(args.gc_repeats):
-            t0 = time.perf_counter()
-            jax.block_until_ready(compiled(params, x, key))
-            times.append(time.perf_counter() - t0)
-        records.append(
-            {
-                "method": name,
-                "chunk_size": chunk,
-                "batch": b,
-                "dim": d,
-                "width": args.gc_width,
-                "temp_bytes": int(mem.temp_size_in_bytes),
-                "median_s": statistics.median(times),
-                "times_s": times,
-            }
-        )
-        log.info("%s", json.dumps(records[-1]))
-    return records
-
-
 def gradcache_markdown(records: list[dict]) -> str:
     base = records[0]["median_s"]
     rows = ["| method | chunk | XLA temp (MiB) | step time (s, median) | time vs plain |", "|---|---:|---:|---:|---:|"]
@@ -321,14 +171,14 @@ def gradcache_markdown(records: list[dict]) -> str:
 def main(argv=None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    if args.worker is not None:
-        print(json.dumps(worker(args)), flush=True)
-        return
     from tqdm import tqdm
 
     os.makedirs(args.out, exist_ok=True)
     if args.suite == "gradcache":
-        records = gradcache_suite(args)
+        records = memory.gradcache_overhead(
+            batch=args.gc_batch, dim=args.dim, width=args.gc_width, chunks=args.gc_chunks,
+            temperature=args.temperature, block_size=args.block_size, repeats=args.gc_repeats, seed=args.seed,
+        )  # fmt: skip
         with open(os.path.join(args.out, "bench_gradcache.json"), "w") as f:
             json.dump({"config": vars(args), "records": records}, f, indent=2)
         print(gradcache_markdown(records))

@@ -36,71 +36,21 @@ import argparse
 import json
 import logging
 import os
-import threading
 import time
 
 import numpy as np
 
+from hnjax import eval as ev
 from hnjax import mining
+from hnjax.bench import harness, inputs
 
 logger = logging.getLogger("bench_mining")
 
 
-def make_data(kind: str, n: int, n_queries: int, dim: int, *, noise: float, n_centres: int, seed: int):
-    """Corpus ``[n, dim]`` and queries ``[n_queries, dim]``, float32, unit norm."""
-    rng = np.random.default_rng(seed)
-
-    def unit(x):
-        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-    if kind == "gaussian":
-        return unit(rng.standard_normal((n, dim), np.float32)), unit(rng.standard_normal((n_queries, dim), np.float32))
-    centres = unit(rng.standard_normal((n_centres, dim), np.float32))
-
-    def draw(m):
-        out = np.empty((m, dim), np.float32)
-        for s in range(0, m, 100_000):  # bounded temporaries
-            e = min(s + 100_000, m)
-            noise_part = rng.standard_normal((e - s, dim), np.float32) * np.float32(noise / np.sqrt(dim))
-            out[s:e] = centres[rng.integers(0, n_centres, e - s)] + noise_part
-        return unit(out)
-
-    return draw(n), draw(n_queries)
-
-
-class PeakMemory:
-    """Peak resident memory above the level at entry (MB), sampled every 5 ms from /proc/self/statm."""
-
-    def __enter__(self):
-        self._page = os.sysconf("SC_PAGE_SIZE")
-        self.start = self.peak = self._rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
-        return self
-
-    def _rss(self) -> int:
-        try:
-            with open("/proc/self/statm") as f:
-                return int(f.read().split()[1]) * self._page
-        except OSError:  # not Linux: no measurement
-            return 0
-
-    def _poll(self):
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, self._rss())
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._rss())
-        self.mb = (self.peak - self.start) / 2**20
-
-
-def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
-    """Mean over queries of |found ∩ truth| / k."""
+def recall_vs_exact(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean over queries of |found ∩ exact top-k| / k (hnjax.eval.recall_at_k with the exact top-k as gold sets)."""
     k = truth.shape[1]
-    return float(np.mean([len(np.intersect1d(a, b)) / k for a, b in zip(found, truth)]))
+    return ev.recall_at_k(found[:, :k], list(truth), ks=(k,), multi_gold="fraction")[f"recall@{k}"]
 
 
 def index_mb(index) -> float:
@@ -118,7 +68,7 @@ def timed_search(index, queries, k):
 def run_backend(name, make, settings, apply, queries, docs, k, truth, exact_qps, common):
     """Builds one index, then searches once per setting; returns result rows."""
     index = make()
-    with PeakMemory() as mem:
+    with harness.PeakMemory() as mem:
         t = time.perf_counter()
         index.build(docs)
         build_s = time.perf_counter() - t
@@ -132,16 +82,16 @@ def run_backend(name, make, settings, apply, queries, docs, k, truth, exact_qps,
             apply(index, setting)
             ids, search_s = timed_search(index, queries, k)
             qps = len(queries) / search_s
-            row = dict(common, backend=name, setting=setting, recall_at_k=recall_at_k(ids, truth), queries_per_s=qps,
-                       build_s=build_s, speedup_vs_exact=qps / exact_qps if exact_qps else 1.0, compile_s=compile_s,
-                       index_mb=index_mb(index))  # fmt: skip
+            row = dict(common, backend=name, setting=setting, recall_at_k=recall_vs_exact(ids, truth),
+                       queries_per_s=qps, build_s=build_s, speedup_vs_exact=qps / exact_qps if exact_qps else 1.0,
+                       compile_s=compile_s, index_mb=index_mb(index))  # fmt: skip
             if getattr(index, "nlist_used", None):
                 row["setting"] = f"nlist={index.nlist_used},{setting}"
             rows.append(row)
             logger.info("%-7s %-22s recall@%d %.4f  %8.1f q/s  x%.2f  build %.1fs", name, setting, k,
                         row["recall_at_k"], qps, row["speedup_vs_exact"], build_s)  # fmt: skip
     for row in rows:
-        row["peak_mem_mb"] = mem.mb
+        row["peak_mem_mb"] = mem.peak_mb
     return rows
 
 
@@ -237,8 +187,8 @@ def main(argv=None):
     k = min(args.k, args.n_docs)
 
     t = time.perf_counter()
-    docs, queries = make_data(args.data, args.n_docs, args.n_queries, args.dim, noise=args.noise,
-                              n_centres=args.n_centres, seed=args.seed)  # fmt: skip
+    docs, queries = inputs.mining_vectors(args.data, args.n_docs, args.n_queries, args.dim, noise=args.noise,
+                                          n_centres=args.n_centres, seed=args.seed)  # fmt: skip
     logger.info("data %s %s in %.1fs", args.data, docs.shape, time.perf_counter() - t)
     common = dict(data=args.data, noise=args.noise if args.data == "clustered" else None, n_docs=args.n_docs,
                   n_queries=args.n_queries, dim=args.dim, k=k, threads=args.threads)  # fmt: skip
@@ -246,7 +196,7 @@ def main(argv=None):
 
     # Exact baseline: FAISS flat; its ids are the ground truth.
     flat = mining.make_index("flat", **faiss_common)
-    with PeakMemory() as mem:
+    with harness.PeakMemory() as mem:
         t = time.perf_counter()
         flat.build(docs)
         flat_build = time.perf_counter() - t
@@ -254,7 +204,7 @@ def main(argv=None):
     exact_qps = args.n_queries / flat_s
     rows = [dict(common, backend="flat", setting="exact", recall_at_k=1.0, queries_per_s=exact_qps,
                  build_s=flat_build, speedup_vs_exact=1.0, compile_s=0.0, index_mb=index_mb(flat),
-                 peak_mem_mb=mem.mb)]  # fmt: skip
+                 peak_mem_mb=mem.peak_mb)]  # fmt: skip
     logger.info("flat    exact baseline          %8.1f q/s  build %.1fs", exact_qps, flat_build)
     del flat
 

@@ -15,8 +15,13 @@ Run (from the repository root):
         --out runs/simcse/focal-s0 --seed 0
     python experiments/simcse_compare.py runs/simcse/*-s* --out runs/simcse/compare
 
+Training batches are packed by default (--layout packed: both dropout views of every sentence laid end to end in rows
+of --row-length tokens, no padding computed; equal losses to --layout padded), and STS evaluation encodes packed too.
+The XLA:CPU flags measured for this CPU and the persistent compilation cache (--compile-cache DIR|none) are set up
+before JAX starts (hnjax.runtime).
+
 Writes OUT/results.json (best_dev_spearman, best_step, steps, dev_curve, final STS results, corpus statistics,
-time split), OUT/metrics.jsonl, OUT/dev_spearman.png, OUT/best/ and checkpoints for --resume.
+time split, runtime set-up), OUT/metrics.jsonl, OUT/dev_spearman.png, OUT/best/ and checkpoints for --resume.
 
 Several processes (python -m hnjax.launch --num-processes 2 --devices-per-process 4 -- experiments/simcse_focal.py
 ...): each process reads and tokenizes only its rows of every batch, the in-batch negatives are gathered over every
@@ -36,9 +41,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hnjax import distributed, embed, export, models, parallel, plots, simcse
+from hnjax import distributed, embed, export, models, parallel, plots, runtime, simcse
 from hnjax import eval as ev
-from hnjax.data import sts, text, tokenize
+from hnjax.data import packing, sts, text, tokenize
 from hnjax.train import config as config_lib
 from hnjax.train import loop, metrics
 
@@ -68,14 +73,26 @@ def parse_args(argv=None):
                    help="GradCache: encode C sentences at a time per device (both views), backpropagate chunk by "
                    "chunk; the rows per device must divide by C (default: plain backpropagation)")  # fmt: skip
     p.add_argument("--eval-batch-size", type=int, default=128, help="sentences per evaluation call")
+    p.add_argument("--layout", choices=("packed", "padded"), default=None,
+                   help="packed: both views of every sentence laid end to end in rows, no padding computed "
+                   "(default); padded: each view padded to the batch's bucket length (the default with "
+                   "--grad-cache-chunk, which chunks padded rows)")  # fmt: skip
+    p.add_argument("--row-length", type=int, default=None, help="tokens per packed row (default 2 × --max-length)")
     p.add_argument("--no-start-eval", dest="start_eval", action="store_false",
                    help="do not evaluate the starting encoder (step 0 of the dev curve)")  # fmt: skip
     defaults = config_lib.TrainConfig(batch_size=64, lr=3e-5, eval_every=125, max_steps=1)
     config_lib.add_train_arguments(p, defaults, epochs=1.0, require_out=True)
     distributed.add_distributed_arguments(p)
+    runtime.add_arguments(p)
     args = p.parse_args(argv)
     if args.max_length < 4:
         p.error(f"--max-length must be >= 4, got {args.max_length}")
+    args.row_length = args.row_length or 2 * args.max_length
+    if args.grad_cache_chunk is not None and args.layout == "packed":
+        p.error("--grad-cache-chunk chunks padded rows: use --layout padded (the default with --grad-cache-chunk)")
+    args.layout = args.layout or ("padded" if args.grad_cache_chunk is not None else "packed")
+    if args.row_length < args.max_length:
+        p.error(f"--row-length must be >= --max-length {args.max_length}, got {args.row_length}")
     return args
 
 
@@ -96,6 +113,7 @@ def check_grad_cache_chunk(config: config_lib.TrainConfig, chunk: int | None) ->
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    setup = runtime.from_args(args)  # before JAX computes anything: XLA flags, compilation cache
     distributed.initialize_from_args(args)
     distributed.configure_logging()
     writer = distributed.is_main_process()
@@ -109,18 +127,36 @@ def main(argv=None) -> dict:
     encoder, encoder_params = models.from_pretrained(model_dir, dtype=dtype)
     tokenizer = tokenize.load_tokenizer(model_dir)
     net = simcse.SimCSE(encoder, pooling=args.pooling, loss=args.loss, temperature=args.temperature,
-                        margin=args.margin, loss_impl=args.loss_impl, block_size=args.block_size,
-                        grad_cache_chunk=args.grad_cache_chunk)  # fmt: skip
+                        margin=args.margin, row_length=args.row_length, loss_impl=args.loss_impl,
+                        block_size=args.block_size, grad_cache_chunk=args.grad_cache_chunk)  # fmt: skip
     params = net.init(encoder_params, jax.random.key(args.seed))
     dev_sets = sts.load_sts_sets(args.sts_dev, names=["STSBenchmark-dev"])
-    dev_encode = embed.make_encode_fn(encoder, pooling=args.pooling)
+    packed = args.layout == "packed"
+    eval_row_length = max(args.row_length, EVAL_MAX_LENGTH)
+    dev_encode = (embed.make_packed_encode_fn(encoder, pooling=args.pooling, row_length=eval_row_length) if packed
+                  else embed.make_encode_fn(encoder, pooling=args.pooling))  # fmt: skip
+    devices = parallel.DataParallel(config.parallel, config.devices).n_devices
+    if packed and config.batch_size % devices:
+        raise SystemExit(f"--layout packed: --batch-size {config.batch_size} must divide over the {devices} devices "
+                         "(or use --layout padded)")  # fmt: skip
+    pad_id = tokenizer.pad_token_id or 0
     truncated = {"sentences": 0}
 
     def batch_fn(indices, candidates):
         del candidates
         enc = tokenize.batch_encode(tokenizer, corpus[indices], max_length=args.max_length)
         truncated["sentences"] += enc.n_truncated
-        return {"input_ids": enc.input_ids, "attention_mask": enc.attention_mask.astype(bool)}
+        if not packed:
+            return {"input_ids": enc.input_ids, "attention_mask": enc.attention_mask.astype(bool)}
+        sentences, _ = packing.unpad(enc.input_ids, enc.attention_mask)
+        return simcse.pack_batch(
+            sentences,
+            row_length=args.row_length,
+            length=args.max_length,
+            devices=devices // jax.process_count(),
+            grad_accum=config.grad_accum,
+            pad_id=pad_id,
+        )  # fmt: skip  (this process's rows over its own devices)
 
     best_path = out / "best"
     best = {"stsb_dev_spearman": -math.inf, "step": None}
@@ -146,7 +182,7 @@ def main(argv=None) -> dict:
         return {"stsb_dev_spearman": value}
 
     extra = {k: getattr(args, k) for k in ("corpus", "loss", "model", "pooling", "temperature", "margin",
-                                           "max_length", "dtype")}  # fmt: skip
+                                           "max_length", "dtype", "layout", "row_length")}  # fmt: skip
     if args.loss_impl != "dense" or args.grad_cache_chunk is not None:  # recorded when used (older runs resume)
         extra.update(loss_impl=args.loss_impl, block_size=args.block_size, grad_cache_chunk=args.grad_cache_chunk)
     if (args.start_eval or args.max_steps == 0) and not args.resume:  # the curve starts at step 0
@@ -170,7 +206,7 @@ def main(argv=None) -> dict:
         lambda s: distributed.map_shards(
             lambda share: embed.encode_sentences(best_model, best_params, tokenizer, share, pooling=args.pooling,
                                                  batch_size=args.eval_batch_size, max_length=EVAL_MAX_LENGTH,
-                                                 progress=False), s),
+                                                 pack=packed, row_length=eval_row_length, progress=False), s),
         final_sets,
     )  # fmt: skip
     curve_path = out / "dev_start.json"
@@ -190,6 +226,7 @@ def main(argv=None) -> dict:
         "corpus": {**corpus.stats(), "truncated_this_run": truncated["sentences"]},
         "config": {**config.to_dict(), **extra},
         "devices": jax.device_count(),
+        "runtime": setup,
     }
     if writer:
         metrics.write_results(out, results)

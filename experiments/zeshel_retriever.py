@@ -16,9 +16,15 @@ Run (from the repository root):
     python experiments/zeshel_retriever.py --data runs/zeshel_data --out runs/zr/som-p0.5 --scorer som \
         --hard-share 0.5 --max-steps 200 --num-negatives 15 --batch-size 8 --grad-accum 1 --max-length 48
 
-Writes OUT/results.json ({"val": {"recall@1": ..}, "test": {..}, ...}), OUT/metrics.jsonl, OUT/candidates/<split>.jsonl
-(lines {"mention_id", "world", "candidates": [document_id, ...], "scores": [...]}), checkpoints for --resume, and with
---export OUT/export (each tower a sentence-transformers folder + hnjax_retriever.json; docs/models.md).
+Training batches are packed by default (--layout packed: mentions and each micro-batch's distinct candidate entities
+laid end to end in rows of --row-length tokens, so neither padding nor repeated candidates are computed; equal losses
+to --layout padded), and mining and evaluation encode packed too. The XLA:CPU flags measured for this CPU and the
+persistent compilation cache (--compile-cache DIR|none) are set up before JAX starts (hnjax.runtime).
+
+Writes OUT/results.json ({"val": {"recall@1": ..}, "test": {..}, ..., "runtime": {...}}), OUT/metrics.jsonl,
+OUT/candidates/<split>.jsonl (lines {"mention_id", "world", "candidates": [document_id, ...], "scores": [...]}),
+checkpoints for --resume, and with --export OUT/export (each tower a sentence-transformers folder +
+hnjax_retriever.json; docs/models.md).
 
 Several processes (one per host; or locally: python -m hnjax.launch --num-processes 2 --devices-per-process 4 -- \
 experiments/zeshel_retriever.py ... --parallel shard_map): each process feeds its rows of every batch, mines for its
@@ -40,9 +46,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hnjax import distributed, export, mining, models, retriever
+from hnjax import distributed, embed, export, mining, models, parallel, retriever, runtime
 from hnjax import eval as ev
-from hnjax.data import tokenize, zeshel
+from hnjax.data import packing, tokenize, zeshel
 from hnjax.train import config as config_lib
 from hnjax.train import loop, metrics
 
@@ -72,12 +78,21 @@ def parse_args(argv=None):
     p.add_argument("--candidate-splits", nargs="+", default=["train", "val", "test"],
                    help="splits whose top-64 candidates are written for the reranker")  # fmt: skip
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="encoder compute dtype")
+    p.add_argument("--layout", choices=("packed", "padded"), default="packed",
+                   help="packed: mentions and each batch's distinct candidate entities laid end to end in rows, no "
+                   "padding computed, also when encoding for mining and evaluation (default); padded: every "
+                   "candidate slot padded to --max-length")  # fmt: skip
+    p.add_argument("--row-length", type=int, default=None, help="tokens per packed row (default 2 × --max-length)")
     p.add_argument("--export", action="store_true",
                    help="also write OUT/export: the towers as ST folders and the scorer JSON")  # fmt: skip
     defaults = config_lib.TrainConfig(batch_size=16, grad_accum=2, lr=1e-5, max_steps=1)
     config_lib.add_train_arguments(p, defaults, epochs=4.0, require_out=True)
     distributed.add_distributed_arguments(p)
+    runtime.add_arguments(p)
     args = p.parse_args(argv)
+    args.row_length = args.row_length or 2 * args.max_length
+    if args.row_length < args.max_length:
+        p.error(f"--row-length must be >= --max-length {args.max_length}, got {args.row_length}")
     if not 0.0 <= args.hard_share <= 1.0:
         p.error(f"--hard-share must be in [0, 1], got {args.hard_share}")
     if args.num_negatives < 1:
@@ -87,6 +102,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    setup = runtime.from_args(args)  # before JAX computes anything: XLA flags, compilation cache
     distributed.initialize_from_args(args)
     distributed.configure_logging()
     out = pathlib.Path(args.out)
@@ -100,7 +116,7 @@ def main(argv=None) -> dict:
     tokenizer = tokenize.load_tokenizer(model_dir)
     ret = retriever.Retriever(encoder, retriever.RetrieverConfig(
         scorer=args.scorer, num_entity_vectors=args.num_entity_vectors, num_codes=args.num_codes,
-        shared_encoder=args.shared_encoder))  # fmt: skip
+        shared_encoder=args.shared_encoder, row_length=args.row_length))  # fmt: skip
     params = ret.init(encoder_params, jax.random.key(args.seed))
     length = args.max_length
 
@@ -116,16 +132,38 @@ def main(argv=None) -> dict:
     if k > len(pool) - 1:
         raise SystemExit(f"--num-negatives {k} exceeds the {len(pool) - 1} non-gold training entities")
     config = config_lib.config_from_args(args, num_examples=len(train_mentions))
+    packed = args.layout == "packed"
+    devices = parallel.DataParallel(config.parallel, config.devices).n_devices
+    if packed and config.batch_size % devices:
+        raise SystemExit(f"--layout packed: --batch-size {config.batch_size} must divide over the {devices} devices "
+                         "(or use --layout padded)")  # fmt: skip
+    pad_id = tokenizer.pad_token_id or 0
+    m_seqs, _ = packing.unpad(m_ids, m_mask)
+    e_seqs, _ = packing.unpad(e_ids, e_mask)
 
-    encode_entities = jax.jit(lambda p, i, m: ret.encode_entities(p, i, m))
-    encode_mentions = jax.jit(lambda p, i, m: ret.encode_mentions(p, i, m))
+    # one static shape for every packed encoder call: rows for a batch of the training entities' mean length
+    eval_rows = packing.bucket_rows(max(int(np.ceil(1.1 * args.eval_batch_size * e_mask.sum(1).mean()
+                                                    / args.row_length)), 1))  # fmt: skip
+
+    def corpus(ids, mask):  # what the encoders below take: packed groups of one static shape, or padded arrays
+        if not packed:
+            return {"ids": ids, "mask": mask}
+        return embed.packed_groups(packing.unpad(ids, mask)[0], row_length=args.row_length, length=length,
+                                   batch_size=args.eval_batch_size, rows=eval_rows, pad_id=pad_id)  # fmt: skip
+
+    if packed:
+        encode_entities = embed.trim_to_group(jax.jit(lambda p, s: ret.encode_entities_packed(p, s)))
+        encode_mentions = embed.trim_to_group(jax.jit(lambda p, s: ret.encode_mentions_packed(p, s)))
+    else:
+        encode_entities = jax.jit(lambda p, b: ret.encode_entities(p, b["ids"], b["mask"]))
+        encode_mentions = jax.jit(lambda p, b: ret.encode_mentions(p, b["ids"], b["mask"]))
     single = args.scorer == "dual"
 
     def entity_tokens(p, batch):  # (vectors [b, n, D], mask [b, n])
-        return encode_entities(p, batch["ids"], batch["mask"])
+        return encode_entities(p, batch)
 
     def mention_tokens(p, batch):
-        return encode_mentions(p, batch["ids"], batch["mask"])
+        return encode_mentions(p, batch)
 
     def entity_fn(p, batch):
         v, m = entity_tokens(p, batch)
@@ -138,7 +176,7 @@ def main(argv=None) -> dict:
     recipe = (mining.Recipe("model") if args.negatives == "model" else
               mining.Recipe("mixed", hard_share=args.hard_share))  # fmt: skip
     miner = mining.Miner(
-        entity_fn, {"ids": e_ids, "mask": e_mask}, {"ids": m_ids, "mask": m_mask}, [[g] for g in gold],
+        entity_fn, corpus(e_ids, e_mask), corpus(m_ids, m_mask), [[g] for g in gold],
         index=args.index, recipe=recipe, num_negatives=k, refresh_every=args.refresh_every,
         seed=args.seed, asynchronous=args.async_refresh, batch_size=args.eval_batch_size,
         query_encode_fn=mention_fn,
@@ -147,15 +185,29 @@ def main(argv=None) -> dict:
     def batch_fn(indices, candidates):
         neg, log_q = candidates
         cand = np.concatenate([gold[indices, None], neg], axis=1)  # [b, K + 1], gold at column 0
-        batch = {"mention_ids": m_ids[indices], "mention_mask": m_mask[indices],
-                 "cand_ids": e_ids[cand], "cand_token_mask": e_mask[cand]}  # fmt: skip
+        if packed:  # each distinct entity of a micro-batch stored once (candidate_keys)
+            batch = retriever.pack_batch(
+                [m_seqs[i] for i in indices],
+                [[e_seqs[c] for c in row] for row in cand],
+                row_length=args.row_length,
+                mention_length=length,
+                entity_length=length,
+                candidate_keys=cand,
+                devices=devices // jax.process_count(),
+                grad_accum=config.grad_accum,
+                pad_id=pad_id,
+            )  # fmt: skip  (this process's rows over its own devices)
+        else:
+            batch = {"mention_ids": m_ids[indices], "mention_mask": m_mask[indices],
+                     "cand_ids": e_ids[cand], "cand_token_mask": e_mask[cand]}  # fmt: skip
         if args.negatives == "model":
             batch["log_q"] = np.concatenate([np.zeros((len(indices), 1), np.float32), log_q], axis=1)
         return batch
 
     extra = {k_: getattr(args, k_) for k_ in ("data", "model", "scorer", "num_entity_vectors", "num_codes",
                                              "shared_encoder", "num_negatives", "hard_share", "negatives",
-                                             "refresh_every", "max_length", "dtype")}  # fmt: skip
+                                             "refresh_every", "max_length", "dtype", "layout",
+                                             "row_length")}  # fmt: skip
     result = loop.fit(config, params=params, loss_fn=ret.loss, batch_fn=batch_fn, num_examples=len(train_mentions),
                       miner=miner, extra_config=extra)  # fmt: skip
     print(result.format_time_split())
@@ -183,7 +235,7 @@ def main(argv=None) -> dict:
             own = distributed.shard_range(len(ents))
             ents_own = [ents[i] for i in own] or ents[:1]  # an empty share still encodes one entity for the shapes
             ei, em = zeshel.pad_ids(zeshel.entity_input_ids(tokenizer, ents_own, max_length=length), length=length)
-            d, dm = mining.encode(entity_tokens, trained, {"ids": ei, "mask": em}, batch_size=args.eval_batch_size,
+            d, dm = mining.encode(entity_tokens, trained, corpus(ei, em), batch_size=args.eval_batch_size,
                                   desc=f"{split}/{world}", progress=config.progress and writer)  # fmt: skip
             d, dm = distributed.allgather_rows((d[: len(own)], dm[: len(own)]))
             doc_ids = np.array([e.document_id for e in ents])
@@ -192,7 +244,7 @@ def main(argv=None) -> dict:
             if ms_own:
                 mi, mm = zeshel.pad_ids(zeshel.mention_input_ids(tokenizer, data, ms_own, max_length=length),
                                         length=length)  # fmt: skip
-                q, qm = mining.encode(mention_tokens, trained, {"ids": mi, "mask": mm},
+                q, qm = mining.encode(mention_tokens, trained, corpus(mi, mm),
                                       batch_size=args.eval_batch_size, desc=f"{split}/{world}",
                                       progress=config.progress and writer)  # fmt: skip
                 scores, idx = retriever.top_k(ret, jnp.asarray(q), jnp.asarray(qm), jnp.asarray(d), jnp.asarray(dm),
@@ -216,7 +268,7 @@ def main(argv=None) -> dict:
     results.update(
         scorer=args.scorer, hard_share=args.hard_share, negatives=args.negatives, steps=config.max_steps,
         seed=args.seed, **metrics.run_summary(out, result.time_split), eval_s=time.perf_counter() - started,
-        config={**config.to_dict(), **extra},
+        config={**config.to_dict(), **extra}, runtime=setup,
     )  # fmt: skip
     if writer:
         metrics.write_results(out, results)

@@ -19,6 +19,10 @@ chunks the views use ``fold_in(key, v)``.
 
 Parameters are ``{"encoder": ..., "mlp": ...}`` (``"mlp"`` only with ``pooling="cls"``). :func:`compare_runs`
 summarises finished runs over seeds.
+
+Two batch layouts, the same loss: padded (``input_ids``/``attention_mask`` [B, L], each view one encoder pass) or
+packed (:func:`pack_batch`: both views of every sentence packed into rows of ``row_length`` tokens and encoded in one
+pass, :mod:`hnjax.data.packing`), which computes the real tokens and little else.
 """
 
 from __future__ import annotations
@@ -28,10 +32,12 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from hnjax import blockwise, gradcache, losses
 from hnjax import eval as ev
-from hnjax.models import bert, poolers
+from hnjax.data import packing
+from hnjax.models import bert, packed, poolers
 
 LOSSES = ("infonce", "focal")
 POOLINGS = ("cls", "mean")
@@ -52,6 +58,7 @@ class SimCSE:
       block_size: rows and columns per tile of the blockwise loss.
       grad_cache_chunk: C, sentences per encoder chunk with GradCache (``None``: plain backpropagation). The rows of
         each device's (micro-)batch must divide by C.
+      row_length: tokens per row of packed batches (:func:`pack_batch` must use the same).
     """
 
     encoder: bert.BertModel
@@ -62,6 +69,7 @@ class SimCSE:
     loss_impl: str = "dense"
     block_size: int = 1024
     grad_cache_chunk: int | None = None
+    row_length: int = 128
 
     def __post_init__(self):
         if self.pooling not in POOLINGS:
@@ -78,6 +86,8 @@ class SimCSE:
             not isinstance(self.grad_cache_chunk, int) or self.grad_cache_chunk < 1
         ):
             raise ValueError(f"grad_cache_chunk: expected None or an int >= 1, got {self.grad_cache_chunk!r}")
+        if not isinstance(self.row_length, int) or self.row_length < 1:
+            raise ValueError(f"row_length: expected a positive integer, got {self.row_length!r}")
 
     @property
     def head(self) -> poolers.MLPHead:
@@ -120,15 +130,37 @@ class SimCSE:
             return losses.focal_infonce(z1, z2, self.temperature, self.margin, axis_name, valid=valid)
         return losses.infonce(z1, z2, self.temperature, axis_name=axis_name, valid=valid)
 
+    def embed_packed(self, params: dict, stream: dict, *, key: jax.Array | None = None) -> jax.Array:
+        """Sentence vectors of a packed stream (:mod:`hnjax.models.packed`): slots [B, (K,) L] → [B, (K,) D].
+
+        Equal to :meth:`embed` of the same sentences padded (no dropout); with a dropout ``key`` every packed copy of
+        a sentence gets its own mask, and the MLP head is applied for "cls" pooling.
+        """
+        training = key is not None
+        flat = packed.encode(
+            self.encoder, params["encoder"], stream, row_length=self.row_length, deterministic=not training,
+            rngs={"dropout": key} if training else None,
+        )  # [T, D]  # fmt: skip
+        slots, mask = stream["slots"], stream["mask"]
+        if self.pooling == "mean":
+            hidden = packed.gather(flat, slots, mask)  # [..., L, D]
+            lead = slots.shape[:-1]
+            flat_hidden = hidden.reshape((-1,) + hidden.shape[-2:])
+            return poolers.mean(flat_hidden, mask.reshape(flat_hidden.shape[:2])).reshape(lead + (-1,))
+        pooled = packed.first(flat, slots)  # [..., D]
+        return self.head.apply({"params": params["mlp"]}, pooled) if training else pooled
+
     def loss_fn(self, params: dict, batch: dict, key: jax.Array, axis_name: str | None = None):
         """The training loss of one batch of sentences.
 
         Args:
           params: ``{"encoder", "mlp"}``.
-          batch: ``input_ids`` and ``attention_mask`` [B, L]; optional ``valid`` [B] bool (rows added to fill a
-            batch, which are neither anchors nor negatives).
-          key: the step's key; the two views use ``fold_in(key, 0)`` and ``fold_in(key, 1)`` (with GradCache, chunk
-            c's views use ``fold_in(fold_in(key, c), 0)`` and ``fold_in(fold_in(key, c), 1)``).
+          batch: padded, ``input_ids`` and ``attention_mask`` [B, L]; or packed (:func:`pack_batch`), the two views
+            of every sentence in one stream with ``slots`` [B, 2, L]; optional ``valid`` [B] bool (rows added to
+            fill a batch, which are neither anchors nor negatives).
+          key: the step's key; padded: the two views use ``fold_in(key, 0)`` and ``fold_in(key, 1)`` (with GradCache,
+            chunk c's views use ``fold_in(fold_in(key, c), 0)`` and ``fold_in(fold_in(key, c), 1)``); packed: one
+            pass with ``fold_in(key, 0)`` (each copy of a sentence gets its own dropout mask).
           axis_name: mapped axis to gather negatives over (data parallelism), or None.
 
         Returns:
@@ -137,8 +169,16 @@ class SimCSE:
         Raises:
           ValueError: with ``grad_cache_chunk``, the batch rows (per device) do not divide by it.
         """
-        ids, mask = batch["input_ids"], batch["attention_mask"]
         valid = batch.get("valid")
+        if packed.is_packed(batch):
+            if self.grad_cache_chunk is not None:
+                raise ValueError("grad_cache_chunk: GradCache chunks padded batches (input_ids, attention_mask), got a "
+                                 "packed batch")  # fmt: skip
+            views = self.embed_packed(params, packed.stream(batch), key=jax.random.fold_in(key, 0))  # [B, 2, D]
+            if views.ndim != 3 or views.shape[1] != 2:
+                raise ValueError(f"batch: expected a packed stream of 2 views per sentence, got vectors {views.shape}")
+            return self.contrastive_loss(views[:, 0], views[:, 1], axis_name=axis_name, valid=valid), {}
+        ids, mask = batch["input_ids"], batch["attention_mask"]
         if self.grad_cache_chunk is None:
             z1, z2 = self.views(params, ids, mask, key)  # [B, D] each
             return self.contrastive_loss(z1, z2, axis_name=axis_name, valid=valid), {}
@@ -152,6 +192,41 @@ class SimCSE:
         value = gradcache.cached_loss(encode, contrastive, params, {"input_ids": ids, "attention_mask": mask},
                                       chunk_size=self.grad_cache_chunk, key=key)  # fmt: skip
         return value, {}
+
+
+def pack_batch(
+    sentences: Sequence[Sequence[int]],
+    *,
+    row_length: int,
+    length: int,
+    rows: int | None = None,
+    devices: int = 1,
+    grad_accum: int = 1,
+    pad_id: int = 0,
+) -> dict[str, np.ndarray]:
+    """A packed SimCSE batch: both views of every sentence in one stream, filled up to ``rows`` examples.
+
+    Args:
+      sentences: B token id sequences (special tokens included), each 1 to ``length`` tokens.
+      row_length: tokens per packed row (the model's ``row_length``).
+      length: L of the per-view slot maps (e.g. the tokenizer's bucket of the longest sentence).
+      rows: examples in the batch (≥ B; filler rows repeat the first sentence, ``valid = False``); default B.
+      devices, grad_accum: the training step's layout (:func:`hnjax.data.packing.group_rows`).
+      pad_id: padding token id.
+
+    Returns:
+      ``tokens``, ``types``, ``positions``, ``segments`` [rows, C], ``slots``/``mask`` [rows, 2, L] and ``valid``
+      [rows] (NumPy).
+    """
+    examples, valid = packing.pad_examples(list(sentences), len(sentences) if rows is None else rows)
+    groups = packing.group_rows(len(examples), devices=devices, grad_accum=grad_accum)
+    order = list(range(len(sentences))) + [0] * (len(examples) - len(sentences))
+    out = packing.pack(
+        [[s, s] for s in examples], row_length=row_length, length=length, groups=groups, pad_id=pad_id,
+        keys=[[(i, 0), (i, 1)] for i in order],
+    ).as_batch()  # fmt: skip
+    out["valid"] = valid
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------------

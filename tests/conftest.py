@@ -11,6 +11,8 @@ _DEVICES = "--xla_force_host_platform_device_count"
 _flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if f.split("=", 1)[0] != _DEVICES]
 os.environ["XLA_FLAGS"] = " ".join([*_flags, f"{_DEVICES}=8"])
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Scripts called in-process must not turn on the persistent compilation cache (in the user's home) for the session.
+os.environ.setdefault("HNJAX_COMPILE_CACHE", "none")
 
 import hypothesis  # noqa: E402
 import numerics  # noqa: E402

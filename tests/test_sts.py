@@ -13,6 +13,7 @@ import shutil
 
 import jax
 import jax.numpy as jnp
+import numerics
 import numpy as np
 import pytest
 import scipy.stats
@@ -330,6 +331,25 @@ def test_encode_sentences_compiles_once_per_bucket(tiny, tokenizer, caplog):
     assert {shape[1] for shape in traces} <= {8, 16} and len(traces) <= 2
     assert "5 of 30 sentences truncated" in caplog.text  # the long sentence, 5 times, to 16 tokens
     assert_close(got[:6], got[6:12])  # same sentence, same vector
+
+
+def test_packed_encoding_compiles_once_and_equals_padded(tiny, tokenizer):
+    _, model, params = tiny
+    traces = []
+    inner = embed.make_packed_encode_fn(model, pooling="mean", row_length=24)
+
+    def counting(params, stream):
+        traces.append(stream["slots"].shape)
+        return inner(params, stream)
+
+    encode_fn = embed.PackedEncodeFn(jax.jit(counting), row_length=24)
+    many = [s for s in SENTENCES if s] * 5  # 30 sentences, 4 per call at most
+    got = embed.encode_sentences(model, params, tokenizer, many, batch_size=4, max_length=16, encode_fn=encode_fn,
+                                 progress=False)  # fmt: skip
+    assert len(traces) == 1  # one static shape for every group
+    ref = embed.encode_sentences(model, params, tokenizer, many, batch_size=4, max_length=16, pack=False,
+                                 buckets=(16,), progress=False)  # fmt: skip
+    numerics.assert_close(got, ref)
 
 
 def test_encode_sentences_validation(tiny, tokenizer):

@@ -7,7 +7,7 @@
 """
 
 from hnjax.data.pretrained import resolve_checkpoint
-from hnjax.models import bert, flops, interop, loading, poolers, seq_cls, st_format
+from hnjax.models import bert, flops, interop, loading, packed, poolers, seq_cls, st_format
 from hnjax.models.bert import BertModel, EncoderConfig, init_params
 from hnjax.models.interop import Pretrained, load_pretrained, save_cross_encoder, save_sentence_transformer
 from hnjax.models.loading import (
@@ -29,6 +29,7 @@ __all__ = [
     "load_pooler",
     "load_pretrained",
     "loading",
+    "packed",
     "poolers",
     "Pretrained",
     "resolve_checkpoint",

@@ -1,7 +1,13 @@
 """BERT-family Transformer encoder (BERT, RoBERTa, MiniLM) in Flax linen.
 
 The module holds parameters only; it returns the last hidden states [B, L, D] and leaves pooling to
-:mod:`hnjax.models.poolers`. Parameter names are chosen so that :mod:`hnjax.models.loading` can map them one to one
+:mod:`hnjax.models.poolers`.
+
+Packed input: with ``segment_ids`` [R, L] (0 for padding, equal ids for the tokens of one sequence) and
+``position_ids`` [R, L] (each sequence's positions counted from 0), several sequences share a row of L tokens. A
+token then attends only to the tokens of its own sequence (a block-diagonal mask), so every real token's hidden state
+equals the one of the same sequence encoded alone; :mod:`hnjax.models.packed` builds such rows and reads the
+sequences back out. Parameter names are chosen so that :mod:`hnjax.models.loading` can map them one to one
 onto Hugging Face ``BertModel`` / ``RobertaModel`` tensors.
 
 Mixed precision: ``dtype`` is the compute dtype of the matrix multiplications. Parameters stay float32; attention
@@ -233,20 +239,32 @@ def position_ids(input_ids: jax.Array, *, model_type: str, pad_token_id: int) ->
     return jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
 
 
+def position_offset(*, model_type: str, pad_token_id: int) -> int:
+    """Position id of a sequence's first token: 0 for BERT, ``pad_token_id + 1`` for RoBERTa."""
+    return pad_token_id + 1 if model_type == "roberta" else 0
+
+
 class BertEmbeddings(nn.Module):
-    """Word + position + token-type embeddings, LayerNorm, dropout. Output [B, L, D] float32."""
+    """Word + position + token-type embeddings, LayerNorm, dropout. Output [B, L, D] float32.
+
+    ``positions`` [B, L] counts each token's place in its own sequence from 0 (packed rows); None numbers the row
+    (:func:`position_ids`).
+    """
 
     config: EncoderConfig
 
     @nn.compact
-    def __call__(self, input_ids, token_type_ids, deterministic: bool):
+    def __call__(self, input_ids, token_type_ids, deterministic: bool, positions=None):
         cfg = self.config
         init = nn.initializers.normal(_INIT_STD)
 
         def embed(num, name):
             return nn.Embed(num, cfg.hidden_size, embedding_init=init, param_dtype=jnp.float32, name=name)
 
-        positions = position_ids(input_ids, model_type=cfg.model_type, pad_token_id=cfg.pad_token_id)
+        if positions is None:
+            positions = position_ids(input_ids, model_type=cfg.model_type, pad_token_id=cfg.pad_token_id)
+        else:
+            positions = positions + position_offset(model_type=cfg.model_type, pad_token_id=cfg.pad_token_id)
         x = embed(cfg.vocab_size, "word_embeddings")(input_ids)  # [B, L, D]
         x = x + embed(cfg.max_position_embeddings, "position_embeddings")(positions)
         x = x + embed(cfg.type_vocab_size, "token_type_embeddings")(token_type_ids)
@@ -262,6 +280,7 @@ class BertSelfAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x, attention_mask, deterministic: bool):
+        """``attention_mask``: [B, L] keys that every query may attend to, or [B, L, L] per query (packed rows)."""
         cfg = self.config
         heads, head_dim = cfg.num_attention_heads, cfg.head_dim
         batch, length, _ = x.shape
@@ -274,7 +293,8 @@ class BertSelfAttention(nn.Module):
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)  # [B, H, L, L]
         logits = logits / jnp.sqrt(jnp.float32(head_dim))
         # The same additive mask as transformers (finfo.min), so fully masked rows behave the same.
-        logits = jnp.where(attention_mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+        allowed = attention_mask[:, None, None, :] if attention_mask.ndim == 2 else attention_mask[:, None]
+        logits = jnp.where(allowed, logits, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(logits, axis=-1)
         probs = nn.Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=deterministic)
         context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), v, preferred_element_type=jnp.float32)
@@ -331,14 +351,21 @@ class BertModel(nn.Module):
         attention_mask: jax.Array,
         token_type_ids: jax.Array | None = None,
         deterministic: bool = True,
+        *,
+        segment_ids: jax.Array | None = None,
+        position_ids: jax.Array | None = None,
     ) -> jax.Array:
-        """Encodes a batch.
+        """Encodes a batch of sequences, or of packed rows.
 
         Args:
             input_ids: [B, L] integer token ids.
             attention_mask: [B, L] bool or 0/1 integers, true for real tokens.
             token_type_ids: [B, L] segment ids, or None for all zeros.
             deterministic: disable dropout; when False, an rng named "dropout" must be given to ``apply``.
+            segment_ids: packed rows: [B, L] integers, equal for the tokens of one sequence, 0 for padding; a token
+                attends to the tokens of its own sequence only. Needs ``position_ids``.
+            position_ids: packed rows: [B, L] position of each token within its own sequence, from 0 (RoBERTa's
+                offset past the padding id is added here).
 
         Returns:
             [B, L, D] float32 last hidden states.
@@ -354,16 +381,26 @@ class BertModel(nn.Module):
             token_type_ids = jnp.zeros_like(input_ids)
         elif token_type_ids.shape != input_ids.shape:
             raise ValueError(f"token_type_ids: expected shape {input_ids.shape}, got {token_type_ids.shape}")
-        if input_ids.shape[1] > cfg.max_length:
-            raise ValueError(
-                f"input_ids: sequence length {input_ids.shape[1]} exceeds the {cfg.max_length} positions of this "
-                f"{cfg.model_type} encoder"
-            )
         mask = attention_mask.astype(bool)
-        x = BertEmbeddings(cfg, name="embeddings")(input_ids, token_type_ids, deterministic)
+        if (segment_ids is None) != (position_ids is None):
+            raise ValueError("segment_ids and position_ids: expected both (packed rows) or neither")
+        if segment_ids is None:
+            if input_ids.shape[1] > cfg.max_length:
+                raise ValueError(
+                    f"input_ids: sequence length {input_ids.shape[1]} exceeds the {cfg.max_length} positions of "
+                    f"this {cfg.model_type} encoder"
+                )
+            attend = mask  # [B, L]: every query sees the real keys of its row
+        else:
+            for name, value in (("segment_ids", segment_ids), ("position_ids", position_ids)):
+                if value.shape != input_ids.shape:
+                    raise ValueError(f"{name}: expected shape {input_ids.shape}, got {value.shape}")
+            same = segment_ids[:, :, None] == segment_ids[:, None, :]  # [B, L, L]
+            attend = same & mask[:, None, :]  # block-diagonal: a query sees the real keys of its own sequence
+        x = BertEmbeddings(cfg, name="embeddings")(input_ids, token_type_ids, deterministic, position_ids)
         layer_cls = nn.remat(BertLayer, static_argnums=(3,)) if self.remat else BertLayer
         for i in range(cfg.num_hidden_layers):
-            x = layer_cls(cfg, dtype=self.dtype, name=f"layer_{i}")(x, mask, deterministic)
+            x = layer_cls(cfg, dtype=self.dtype, name=f"layer_{i}")(x, attend, deterministic)
         return x.astype(jnp.float32)
 
 
