@@ -45,7 +45,7 @@ from hnjax import distributed, embed, export, models, parallel, plots, runtime, 
 from hnjax import eval as ev
 from hnjax.data import packing, sts, text, tokenize
 from hnjax.train import config as config_lib
-from hnjax.train import loop, metrics
+from hnjax.train import feed, loop, metrics
 
 logger = logging.getLogger("simcse_focal")
 BEST_INFO = "hnjax_best.json"
@@ -76,7 +76,7 @@ def parse_args(argv=None):
     p.add_argument("--layout", choices=("packed", "padded"), default=None,
                    help="packed: both views of every sentence laid end to end in rows, no padding computed "
                    "(default); padded: each view padded to the batch's bucket length (the default with "
-                   "--grad-cache-chunk, which chunks padded rows)")  # fmt: skip
+                   "--grad-cache-chunk or several processes)")  # fmt: skip
     p.add_argument("--row-length", type=int, default=None, help="tokens per packed row (default 2 × --max-length)")
     p.add_argument("--no-start-eval", dest="start_eval", action="store_false",
                    help="do not evaluate the starting encoder (step 0 of the dev curve)")  # fmt: skip
@@ -88,9 +88,6 @@ def parse_args(argv=None):
     if args.max_length < 4:
         p.error(f"--max-length must be >= 4, got {args.max_length}")
     args.row_length = args.row_length or 2 * args.max_length
-    if args.grad_cache_chunk is not None and args.layout == "packed":
-        p.error("--grad-cache-chunk chunks padded rows: use --layout padded (the default with --grad-cache-chunk)")
-    args.layout = args.layout or ("padded" if args.grad_cache_chunk is not None else "packed")
     if args.row_length < args.max_length:
         p.error(f"--row-length must be >= --max-length {args.max_length}, got {args.row_length}")
     return args
@@ -131,6 +128,10 @@ def main(argv=None) -> dict:
                         block_size=args.block_size, grad_cache_chunk=args.grad_cache_chunk)  # fmt: skip
     params = net.init(encoder_params, jax.random.key(args.seed))
     dev_sets = sts.load_sts_sets(args.sts_dev, names=["STSBenchmark-dev"])
+    try:
+        args.layout = feed.choose_layout(args.layout, grad_cache=args.grad_cache_chunk is not None)
+    except ValueError as e:
+        raise SystemExit(f"--layout: {e}") from None
     packed = args.layout == "packed"
     eval_row_length = max(args.row_length, EVAL_MAX_LENGTH)
     dev_encode = (embed.make_packed_encode_fn(encoder, pooling=args.pooling, row_length=eval_row_length) if packed

@@ -50,7 +50,7 @@ from hnjax import distributed, embed, export, mining, models, parallel, retrieve
 from hnjax import eval as ev
 from hnjax.data import packing, tokenize, zeshel
 from hnjax.train import config as config_lib
-from hnjax.train import loop, metrics
+from hnjax.train import feed, loop, metrics
 
 logger = logging.getLogger("zeshel_retriever")
 RECALL_KS = (1, 4, 8, 16, 32, 64)
@@ -78,7 +78,7 @@ def parse_args(argv=None):
     p.add_argument("--candidate-splits", nargs="+", default=["train", "val", "test"],
                    help="splits whose top-64 candidates are written for the reranker")  # fmt: skip
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="encoder compute dtype")
-    p.add_argument("--layout", choices=("packed", "padded"), default="packed",
+    p.add_argument("--layout", choices=("packed", "padded"), default=None,
                    help="packed: mentions and each batch's distinct candidate entities laid end to end in rows, no "
                    "padding computed, also when encoding for mining and evaluation (default); padded: every "
                    "candidate slot padded to --max-length")  # fmt: skip
@@ -132,6 +132,10 @@ def main(argv=None) -> dict:
     if k > len(pool) - 1:
         raise SystemExit(f"--num-negatives {k} exceeds the {len(pool) - 1} non-gold training entities")
     config = config_lib.config_from_args(args, num_examples=len(train_mentions))
+    try:
+        args.layout = feed.choose_layout(args.layout)
+    except ValueError as e:
+        raise SystemExit(f"--layout: {e}") from None
     packed = args.layout == "packed"
     devices = parallel.DataParallel(config.parallel, config.devices).n_devices
     if packed and config.batch_size % devices:

@@ -294,3 +294,16 @@ def test_simcse_two_processes_equal_one(tiny, tmp_path):
     assert_close_losses(losses(tmp_path / "one"), losses(tmp_path / "two"))
     saved = json.loads((tmp_path / "two" / "results.json").read_text())
     assert saved["best_dev_spearman"] == pytest.approx(one["best_dev_spearman"], abs=1e-6)
+
+
+def test_layout_choice():
+    """Packed by default in one process; GradCache (and, in the script tests above, several processes) feed padded
+    rows, and an explicit packed request there is refused by name."""
+    from hnjax.train import feed
+
+    assert feed.choose_layout(None) == "packed" and feed.choose_layout("padded") == "padded"
+    assert feed.choose_layout(None, grad_cache=True) == "padded"
+    with pytest.raises(ValueError, match="GradCache chunks padded rows"):
+        feed.choose_layout("packed", grad_cache=True)
+    with pytest.raises(ValueError, match="layout: expected one of"):
+        feed.choose_layout("ragged")

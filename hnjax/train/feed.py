@@ -186,3 +186,26 @@ class BatchFeeder:
             host = parallel.pad_batch(host, self.rows.stop - self.rows.start)
             host = agree_trailing_shapes(host)
             return self.dp.put_local_batch(host, self.global_rows)
+
+
+LAYOUTS = ("packed", "padded")
+
+
+def choose_layout(requested: str | None, *, grad_cache: bool = False) -> str:
+    """The batch layout of a training script: ``requested``, or by default ``"packed"`` where the feed supports it.
+
+    Packed rows are built for the whole batch on one process: with several processes the feeder pads each process's
+    block of rows with ``valid = False`` rows, which a packed stream cannot take, and GradCache chunks padded rows.
+    Both therefore default to ``"padded"`` and refuse an explicit ``"packed"``.
+
+    Raises:
+      ValueError: ``"packed"`` requested with several processes or with GradCache, or an unknown layout.
+    """
+    if requested is not None and requested not in LAYOUTS:
+        raise ValueError(f"layout: expected one of {LAYOUTS}, got {requested!r}")
+    reasons = [why for why, applies in (("GradCache chunks padded rows", grad_cache),
+                                        (f"{jax.process_count()} processes feed padded blocks of rows",
+                                         jax.process_count() > 1)) if applies]  # fmt: skip
+    if requested == "packed" and reasons:
+        raise ValueError(f"layout: 'packed' is not available here ({'; '.join(reasons)}); use 'padded'")
+    return requested or ("padded" if reasons else "packed")
