@@ -138,7 +138,8 @@ def main(argv=None) -> dict:
         return {"stsb_dev_spearman": value}
 
     extra = {k: getattr(args, k) for k in ("corpus", "loss", "model", "pooling", "temperature", "margin",
-                                           "max_length", "dtype", "layout", "row_length")}  # fmt: skip
+                                           "max_length", "dtype")}  # fmt: skip
+    layout = {"layout": args.layout, "row_length": args.row_length}  # results only: resuming may switch layouts
     if args.start_eval and not args.resume:  # evaluate the starting point too, so the curve starts at step 0
         os.makedirs(out, exist_ok=True)
         start = {"step": 0, "stsb_dev_spearman": dev_spearman(encoder_params)}
@@ -173,7 +174,7 @@ def main(argv=None) -> dict:
         "final": final,
         **metrics.run_summary(out, result.time_split),
         "corpus": {**corpus.stats(), "truncated_this_run": truncated["sentences"]},
-        "config": {**config.to_dict(), **extra},
+        "config": {**config.to_dict(), **extra, **layout},
         "devices": jax.device_count(),
         "runtime": setup,
     }
