@@ -183,7 +183,8 @@ def main(argv=None) -> dict:
         return {"stsb_dev_spearman": value}
 
     extra = {k: getattr(args, k) for k in ("corpus", "loss", "model", "pooling", "temperature", "margin",
-                                           "max_length", "dtype", "layout", "row_length")}  # fmt: skip
+                                           "max_length", "dtype")}  # fmt: skip
+    layout = {"layout": args.layout, "row_length": args.row_length}  # results only: resuming may switch layouts
     if args.loss_impl != "dense" or args.grad_cache_chunk is not None:  # recorded when used (older runs resume)
         extra.update(loss_impl=args.loss_impl, block_size=args.block_size, grad_cache_chunk=args.grad_cache_chunk)
     if (args.start_eval or args.max_steps == 0) and not args.resume:  # the curve starts at step 0
@@ -225,7 +226,7 @@ def main(argv=None) -> dict:
         "final": final,
         **metrics.run_summary(out, result.time_split),
         "corpus": {**corpus.stats(), "truncated_this_run": truncated["sentences"]},
-        "config": {**config.to_dict(), **extra},
+        "config": {**config.to_dict(), **extra, **layout},
         "devices": jax.device_count(),
         "runtime": setup,
     }

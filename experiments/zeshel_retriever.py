@@ -210,8 +210,8 @@ def main(argv=None) -> dict:
 
     extra = {k_: getattr(args, k_) for k_ in ("data", "model", "scorer", "num_entity_vectors", "num_codes",
                                              "shared_encoder", "num_negatives", "hard_share", "negatives",
-                                             "refresh_every", "max_length", "dtype", "layout",
-                                             "row_length")}  # fmt: skip
+                                             "refresh_every", "max_length", "dtype")}  # fmt: skip
+    layout = {"layout": args.layout, "row_length": args.row_length}  # results only: resuming may switch layouts
     result = loop.fit(config, params=params, loss_fn=ret.loss, batch_fn=batch_fn, num_examples=len(train_mentions),
                       miner=miner, extra_config=extra)  # fmt: skip
     print(result.format_time_split())
@@ -272,7 +272,7 @@ def main(argv=None) -> dict:
     results.update(
         scorer=args.scorer, hard_share=args.hard_share, negatives=args.negatives, steps=config.max_steps,
         seed=args.seed, **metrics.run_summary(out, result.time_split), eval_s=time.perf_counter() - started,
-        config={**config.to_dict(), **extra}, runtime=setup,
+        config={**config.to_dict(), **extra, **layout}, runtime=setup,
     )  # fmt: skip
     if writer:
         metrics.write_results(out, results)
