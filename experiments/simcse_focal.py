@@ -154,6 +154,7 @@ def main(argv=None) -> dict:
             sentences,
             row_length=args.row_length,
             length=args.max_length,
+            rows=parallel.padded_size(config.batch_size, devices) * config.grad_accum,  # short batches filled
             devices=devices // jax.process_count(),
             grad_accum=config.grad_accum,
             pad_id=pad_id,

@@ -197,6 +197,7 @@ def main(argv=None) -> dict:
                 mention_length=length,
                 entity_length=length,
                 candidate_keys=cand,
+                rows=parallel.padded_size(config.batch_size, devices) * config.grad_accum,  # short batches filled
                 devices=devices // jax.process_count(),
                 grad_accum=config.grad_accum,
                 pad_id=pad_id,

@@ -264,7 +264,7 @@ def test_zeshel_retriever_two_processes_equal_one(tiny, tmp_path):
     args = ["--data", str(tiny["zeshel"]), "--model", str(tiny["ckpt"]), "--scorer", "som", "--num-negatives", "3",
             "--hard-share", "0.5", "--batch-size", "8", "--max-length", "16", "--max-steps", "4", "--refresh-every",
             "2", "--eval-batch-size", "8", "--eval-splits", "val", "--candidate-splits", "val", "--parallel",
-            "shard_map", "--no-progress", "--no-tensorboard"]  # fmt: skip
+            "shard_map", "--layout", "padded", "--no-progress", "--no-tensorboard"]  # fmt: skip
     one = _script("zeshel_retriever").main(args + ["--out", str(tmp_path / "one")])
     two = run_job(launched(2, 4, str(ROOT / "experiments" / "zeshel_retriever.py"), *args, "--out",
                            str(tmp_path / "two")), timeout=600)  # fmt: skip
@@ -286,7 +286,7 @@ def test_simcse_two_processes_equal_one(tiny, tmp_path):
     evaluation (sentences encoded in shares) gives the same Spearman."""
     args = ["--corpus", str(tiny["corpus"]), "--sts-dev", str(tiny["dev"]), "--model", str(tiny["ckpt"]), "--loss",
             "focal", "--max-steps", "4", "--batch-size", "12", "--max-length", "16", "--no-start-eval",
-            "--parallel", "shard_map", "--no-progress", "--no-tensorboard"]  # fmt: skip
+            "--parallel", "shard_map", "--layout", "padded", "--no-progress", "--no-tensorboard"]  # fmt: skip
     one = _script("simcse_focal").main(args + ["--out", str(tmp_path / "one")])
     two = run_job(launched(2, 4, str(ROOT / "experiments" / "simcse_focal.py"), *args, "--out",
                            str(tmp_path / "two")), timeout=600)  # fmt: skip
@@ -307,3 +307,16 @@ def test_layout_choice():
         feed.choose_layout("packed", grad_cache=True)
     with pytest.raises(ValueError, match="layout: expected one of"):
         feed.choose_layout("ragged")
+
+
+def test_batch_fn_may_fill_its_own_rows():
+    """A batch_fn returns its b examples' rows, or the whole block already filled (packed rows) with its own mask."""
+    from hnjax.train import feed
+
+    ok = feed.check_host_batch({"x": np.zeros((3, 2)), "valid": np.array([True, True, False])}, 2, 3)
+    assert ok["x"].shape == (3, 2)
+    assert feed.check_host_batch({"x": np.zeros((2, 2))}, 2, 3)["x"].shape == (2, 2)
+    with pytest.raises(ValueError, match="without a 'valid' mask"):
+        feed.check_host_batch({"x": np.zeros((3, 2))}, 2, 3)
+    with pytest.raises(ValueError, match="expected one leading axis of 2 or 3 rows"):
+        feed.check_host_batch({"x": np.zeros((4, 2))}, 2, 3)

@@ -93,16 +93,24 @@ class DataOrder:
         return self.permutation(epoch)[index * self.per_step : (index + 1) * self.per_step]
 
 
-def check_host_batch(batch: Any, rows: int) -> dict[str, np.ndarray]:
-    """``batch_fn``'s output as a dict of NumPy arrays with ``rows`` rows (``ValueError`` naming the key if not)."""
+def check_host_batch(batch: Any, rows: int, full_rows: int | None = None) -> dict[str, np.ndarray]:
+    """``batch_fn``'s output as a dict of NumPy arrays with ``rows`` rows, or ``full_rows`` (a batch the experiment
+    padded itself, with its own ``valid`` mask, e.g. packed rows); ``ValueError`` naming the key if not."""
     if not isinstance(batch, dict):
         raise ValueError(f"batch_fn must return a dict of arrays, got {type(batch).__name__}")
-    out = {}
-    for k, v in batch.items():
-        v = np.asarray(v)
-        if v.ndim == 0 or v.shape[0] != rows:
-            raise ValueError(f"batch_fn returned {k!r} with shape {v.shape}; expected a leading axis of {rows} rows")
-        out[k] = v
+    out = {k: np.asarray(v) for k, v in batch.items()}
+    leading = {v.shape[0] if v.ndim else None for v in out.values()}
+    allowed = {rows} if full_rows is None else {rows, full_rows}
+    if len(leading) != 1 or not leading <= allowed:
+        shapes = {k: v.shape for k, v in out.items()}
+        raise ValueError(
+            f"batch_fn returned shapes {shapes}; expected one leading axis of "
+            f"{' or '.join(map(str, sorted(allowed)))} rows"
+        )
+    if leading != {rows} and parallel.VALID_KEY not in out:
+        raise ValueError(
+            f"batch_fn returned {full_rows} rows for {rows} examples without a {parallel.VALID_KEY!r} mask"
+        )
     return out
 
 
@@ -180,7 +188,8 @@ class BatchFeeder:
                 self.miner.maybe_refresh(self.dp.unreplicate(params), step=step, epoch=epoch)
                 candidates = self.miner.candidates(indices)
         with self.timer.phase("data"):
-            host = check_host_batch(self.batch_fn(indices, candidates), len(indices))
+            full = self.rows.stop - self.rows.start
+            host = check_host_batch(self.batch_fn(indices, candidates), len(indices), full)
             if not n_real:
                 host[parallel.VALID_KEY] = np.zeros((1,), bool)
             host = parallel.pad_batch(host, self.rows.stop - self.rows.start)
