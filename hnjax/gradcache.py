@@ -64,6 +64,38 @@ def chunk_keys(key: jax.Array | None, n_chunks: int) -> jax.Array | None:
     return jax.vmap(lambda c: jax.random.fold_in(key, c))(jnp.arange(n_chunks))
 
 
+def _embed_chunks(encode_fn: EncodeFn, params: Any, chunks: Any, keys: jax.Array | None) -> Any:
+    """``encode_fn`` of every chunk (``lax.map``, one chunk's activations at a time), concatenated over chunks."""
+    return _unchunk(jax.lax.map(lambda xs: encode_fn(params, xs[0], xs[1]), (chunks, keys)))
+
+
+def _chunk_vjp_sum(
+    encode_fn: EncodeFn,
+    params: Any,
+    chunks: Any,
+    keys: jax.Array | None,
+    emb_grad: Any,
+    n_chunks: int,
+    axis_name: str | None = None,
+) -> Any:
+    """Σ_c vjp(encode_fn(·, chunk_c, key_c), params)(emb_grad_c): each chunk encoded again with its key (the same
+    dropout masks), its embedding gradient pulled back to the parameters, summed with ``lax.scan``. With
+    ``axis_name`` the accumulator is device-varying (no implicit cross-device reduction)."""
+    emb_grad = jax.tree.map(lambda x: x.reshape((n_chunks, -1) + x.shape[1:]), emb_grad)
+
+    def backward_chunk(acc, xs):
+        chunk, k, g = xs
+        _, vjp = jax.vjp(lambda p: encode_fn(p, chunk, k), params)
+        (grad,) = vjp(g)
+        return jax.tree.map(lambda a, b: a + b.astype(a.dtype), acc, grad), None
+
+    zeros = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.result_type(p)), params)
+    if axis_name is not None:
+        zeros = jax.tree.map(lambda x: _to_varying(x, axis_name), zeros)
+    grads, _ = jax.lax.scan(backward_chunk, zeros, (chunks, keys, emb_grad))
+    return grads
+
+
 def grad_cache(
     encode_fn: EncodeFn,
     loss_fn: LossFn,
@@ -124,27 +156,13 @@ def grad_cache(
         params = jax.tree.map(lambda x: _to_varying(x, axis_name), params)
 
     # 1. Embeddings of every chunk, no gradient.
-    def encode_chunk(xs):
-        chunk, k = xs
-        return encode_fn(params, chunk, k)
-
-    embeddings = jax.lax.stop_gradient(_unchunk(jax.lax.map(encode_chunk, (chunks, keys))))
+    embeddings = jax.lax.stop_gradient(_embed_chunks(encode_fn, params, chunks, keys))
 
     # 2. Loss and its gradient w.r.t. the embeddings, on the full batch.
     loss, emb_grad = jax.value_and_grad(loss_fn)(embeddings)
-    emb_grad = jax.tree.map(lambda g: g.reshape((n_chunks, chunk_size) + g.shape[1:]), emb_grad)
 
     # 3. Per-chunk VJP with the same keys, summed over chunks.
-    def backward_chunk(acc, xs):
-        chunk, k, g = xs
-        _, vjp = jax.vjp(lambda p: encode_fn(p, chunk, k), params)
-        (grad,) = vjp(g)
-        return jax.tree.map(lambda a, b: a + b.astype(a.dtype), acc, grad), None
-
-    zeros = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.result_type(p)), params)
-    if axis_name is not None:
-        zeros = jax.tree.map(lambda x: _to_varying(x, axis_name), zeros)
-    grads, _ = jax.lax.scan(backward_chunk, zeros, (chunks, keys, emb_grad))
+    grads = _chunk_vjp_sum(encode_fn, params, chunks, keys, emb_grad, n_chunks, axis_name)
     if axis_name is not None:
         grads = jax.lax.psum(grads, axis_name)
     return loss, grads
@@ -217,29 +235,17 @@ def cached_loss(
     chunks, n_chunks = _chunked(batch, int(chunk_size))
     keys = chunk_keys(key, n_chunks)
 
-    def embed(p, chunks, keys):
-        return _unchunk(jax.lax.map(lambda xs: encode_fn(p, xs[0], xs[1]), (chunks, keys)))
-
     @jax.custom_vjp
     def loss(p, chunks, keys):
-        return loss_fn(embed(p, chunks, keys))
+        return loss_fn(_embed_chunks(encode_fn, p, chunks, keys))
 
     def loss_fwd(p, chunks, keys):
-        value, emb_grad = jax.value_and_grad(loss_fn)(jax.lax.stop_gradient(embed(p, chunks, keys)))
+        value, emb_grad = jax.value_and_grad(loss_fn)(jax.lax.stop_gradient(_embed_chunks(encode_fn, p, chunks, keys)))
         return value, (p, chunks, keys, emb_grad)
 
     def loss_bwd(residuals, g):
         p, chunks, keys, emb_grad = residuals
-        emb_grad = jax.tree.map(lambda x: x.reshape((n_chunks, -1) + x.shape[1:]), emb_grad)
-
-        def backward_chunk(acc, xs):
-            chunk, k, e_grad = xs
-            _, vjp = jax.vjp(lambda q: encode_fn(q, chunk, k), p)
-            (grad,) = vjp(e_grad)
-            return jax.tree.map(lambda a, b: a + b.astype(a.dtype), acc, grad), None
-
-        zeros = jax.tree.map(lambda x: jnp.zeros(jnp.shape(x), jnp.result_type(x)), p)
-        grads, _ = jax.lax.scan(backward_chunk, zeros, (chunks, keys, emb_grad))
+        grads = _chunk_vjp_sum(encode_fn, p, chunks, keys, emb_grad, n_chunks)
         grads = jax.tree.map(lambda x: (g * x).astype(x.dtype), grads)
         return grads, jax.tree.map(_zero_cotangent, chunks), jax.tree.map(_zero_cotangent, keys)
 
